@@ -1,0 +1,321 @@
+"""
+One database layer over SQLite (the embedded default) and PostgreSQL (several daemons sharing
+one database), shaped after Synapse's storage: an L{Engine} per database hides the differences
+(parameter style, column types, which errors are worth a retry, per-connection setup), and
+L{Database.runInteraction} runs one transaction in a thread of the pool, so that the reactor
+never waits on SQL.
+
+Every state change is one call of C{runInteraction}: the function it runs sees a L{Cursor} inside
+a transaction that is committed when it returns and rolled back when it raises. A transaction that
+lost a race (SQLite "database is locked", PostgreSQL serialization failure or deadlock) is rolled
+back and run again, a few times, from the start: interaction functions must therefore only touch
+the database, never the outside world.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+log = Logger()
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: How often a transaction that lost a race is run again before the error reaches the caller.
+MAX_ATTEMPTS = 5
+
+
+class DatabaseConfigError(Exception):
+    """The ledger DSN names no database this daemon can use."""
+
+
+class DBConnection(Protocol):
+    def cursor(self) -> Any: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What differs between the databases; every SQL string goes through L{sql}."""
+
+    name: str
+    module: str
+    #: replacements for the C{{name}} placeholders of schema SQL
+    types: dict[str, str]
+    paramstyle_qmark: bool
+
+    def sql(self, text: str) -> str:
+        """Our SQL uses C{?} parameters; PostgreSQL's driver wants C{%s}."""
+        if self.paramstyle_qmark:
+            return text
+        return text.replace("%", "%%").replace("?", "%s")
+
+    def schema(self, text: str) -> str:
+        return text.format(**self.types)
+
+    def begin(self, cursor: Any) -> None:
+        if self.name == "sqlite":
+            # Take the write lock now, not at the first write: two processes (the daemon and
+            # lnt-admin) that both read then write would otherwise deadlock one another.
+            cursor.execute("BEGIN IMMEDIATE")
+
+    def is_transient(self, error: BaseException) -> bool:
+        if self.name == "sqlite":
+            return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+        code = getattr(error, "pgcode", None)
+        return code in ("40001", "40P01")
+
+    def is_unique_violation(self, error: BaseException) -> bool:
+        if self.name == "sqlite":
+            return isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error)
+        return getattr(error, "pgcode", None) == "23505"
+
+
+SQLITE = Engine(
+    name="sqlite",
+    module="sqlite3",
+    types={"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER", "bytes": "BLOB"},
+    paramstyle_qmark=True,
+)
+POSTGRES = Engine(
+    name="postgres",
+    module="psycopg2",
+    types={"serial": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT", "bytes": "BYTEA"},
+    paramstyle_qmark=False,
+)
+
+
+class Cursor:
+    """A DB-API cursor that speaks our parameter style on every engine."""
+
+    def __init__(self, engine: Engine, raw: Any) -> None:
+        self.engine = engine
+        self._raw = raw
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        self._raw.execute(self.engine.sql(sql), tuple(params))
+        return self
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._raw.executemany(self.engine.sql(sql), [tuple(r) for r in rows])
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        row = self._raw.fetchone()
+        return None if row is None else tuple(_plain(v) for v in row)
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return [tuple(_plain(v) for v in row) for row in self._raw.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._raw.rowcount)
+
+
+def _plain(value: Any) -> Any:
+    # psycopg2 returns memoryview for BYTEA; the rest of the code wants bytes on both engines.
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
+@dataclass(frozen=True)
+class DSN:
+    """A parsed ledger DSN: C{sqlite:///path}, a bare path, or C{postgresql://...}."""
+
+    engine: Engine
+    target: str
+
+    @classmethod
+    def parse(cls, dsn: str) -> DSN:
+        if dsn.startswith(("postgresql://", "postgres://")):
+            return cls(POSTGRES, dsn)
+        if dsn.startswith("sqlite://"):
+            # sqlite:///abs/path.db (three slashes: an absolute path) or sqlite://rel/path.db
+            path = dsn[len("sqlite://") :]
+            if not path:
+                raise DatabaseConfigError("sqlite DSN names no file: use sqlite:///path/ledger.db")
+            return cls(SQLITE, path)
+        if re.match(r"^[a-z][a-z0-9+.-]*://", dsn):
+            raise DatabaseConfigError(
+                "ledger DSN must be sqlite:///PATH, a file path, or postgresql://..."
+            )
+        return cls(SQLITE, dsn)
+
+    def describe(self) -> str:
+        """The DSN without a password, for logs."""
+        if self.engine is SQLITE:
+            return f"sqlite://{self.target}"
+        parts = urlsplit(self.target)
+        host = parts.hostname or "local socket"
+        port = f":{parts.port}" if parts.port else ""
+        return f"postgresql://{parts.username or ''}@{host}{port}{parts.path}"
+
+    def connect(self) -> DBConnection:
+        """A plain synchronous connection (migrations at start, the admin CLI)."""
+        if self.engine is SQLITE:
+            Path(self.target).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.target, isolation_level=None, timeout=10)
+            sqlite_setup(conn)
+            return conn
+        import psycopg2
+
+        conn = psycopg2.connect(self.target, connect_timeout=10)
+        postgres_setup(conn)
+        return conn  # type: ignore[no-any-return]
+
+    def pool(self) -> adbapi.ConnectionPool:
+        if self.engine is SQLITE:
+            Path(self.target).parent.mkdir(parents=True, exist_ok=True)
+            # One connection: SQLite serialises writers anyway, and one writer thread keeps
+            # every transaction of this daemon in order (Synapse does the same).
+            return adbapi.ConnectionPool(
+                "sqlite3",
+                self.target,
+                check_same_thread=False,
+                isolation_level=None,
+                timeout=10,
+                cp_min=1,
+                cp_max=1,
+                cp_openfun=sqlite_setup,
+            )
+        return adbapi.ConnectionPool(
+            "psycopg2",
+            self.target,
+            connect_timeout=10,
+            cp_min=1,
+            cp_max=8,
+            cp_openfun=postgres_setup,
+            cp_reconnect=True,
+        )
+
+
+def sqlite_setup(conn: Any) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk before we tell anyone about it.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+
+
+def postgres_setup(conn: Any) -> None:
+    conn.set_session(isolation_level="SERIALIZABLE", autocommit=False)
+    with conn.cursor() as cur:
+        cur.execute("SET statement_timeout = 15000")
+        cur.execute("SET lock_timeout = 10000")
+    conn.commit()
+
+
+def run_transaction(
+    engine: Engine,
+    conn: DBConnection,
+    desc: str,
+    func: Callable[Concatenate[Cursor, P], R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """
+    Run C{func} in one transaction on C{conn}, retrying when it lost a race. Synchronous: the
+    pool calls it in a thread, the admin CLI and migrations call it directly.
+    """
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        raw = conn.cursor()
+        try:
+            engine.begin(raw)
+            result = func(Cursor(engine, raw), *args, **kwargs)
+            conn.commit()
+            return result
+        except Exception as e:
+            conn.rollback()
+            if engine.is_transient(e) and attempt < MAX_ATTEMPTS:
+                log.debug(
+                    "transaction {desc} lost a race ({attempt}), retrying", desc=desc,
+                    attempt=attempt,
+                )
+                time.sleep(0.01 * attempt * attempt)
+                continue
+            raise
+        finally:
+            raw.close()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Database:
+    """The ledger's connection pool: every transaction runs in a pool thread."""
+
+    def __init__(self, dsn: DSN) -> None:
+        self.dsn = dsn
+        self.engine = dsn.engine
+        self._pool = dsn.pool()
+
+    def runInteraction(
+        self,
+        desc: str,
+        func: Callable[Concatenate[Cursor, P], R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Deferred[R]:
+        d: Deferred[R] = self._pool.runWithConnection(
+            lambda conn: run_transaction(self.engine, conn, desc, func, *args, **kwargs)
+        )
+        return d
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class SyncDatabase:
+    """
+    The same interface as L{Database}, but each interaction runs at once on one plain
+    connection and the Deferred it returns has already fired. For command-line tools (no
+    reactor) and property tests; never inside the daemon, where it would block the reactor.
+    """
+
+    def __init__(self, dsn: DSN) -> None:
+        self.dsn = dsn
+        self.engine = dsn.engine
+        self._conn = dsn.connect()
+
+    def runInteraction(
+        self,
+        desc: str,
+        func: Callable[Concatenate[Cursor, P], R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Deferred[R]:
+        from twisted.internet import defer
+
+        return defer.maybeDeferred(run_transaction, self.engine, self._conn, desc, func, *args,
+                                   **kwargs)
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def result_of(d: Deferred[R]) -> R:
+    """The result of a Deferred that has already fired (raising its failure)."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    if not results:
+        raise RuntimeError("Deferred has not fired")
+    from twisted.python.failure import Failure
+
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]  # type: ignore[no-any-return]

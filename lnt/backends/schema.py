@@ -1,0 +1,133 @@
+"""
+The ledger's schema, as numbered migrations that the daemon applies at start.
+
+A database records its version in C{schema_version}; L{migrate} applies every later migration,
+each in its own transaction, so a crash between two leaves a database at a clean earlier
+version. A database newer than this code is refused (an older daemon must not write to it).
+Several daemons starting at once against one PostgreSQL database serialise on an advisory lock.
+
+Never edit a migration that has shipped: add the next one. Column types written C{{bigint}},
+C{{bytes}}, C{{serial}} are filled in per engine (see L{lnt.backends.database.Engine}).
+Timestamps are integer milliseconds since the epoch (UTC); money is integer fen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.logger import Logger
+
+from lnt.backends.database import DSN, Cursor, DBConnection, run_transaction
+
+log = Logger()
+
+MIGRATIONS: Sequence[tuple[int, str]] = (
+    (
+        1,
+        """
+        CREATE TABLE pki_cards (
+            pki_no {bigint} PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            public_key {bytes} NOT NULL,
+            key_version INTEGER NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+            last_counter {bigint} NOT NULL DEFAULT 0,
+            created_ms {bigint} NOT NULL,
+            revoked_ms {bigint}
+        );
+        CREATE TABLE card_randoms (
+            pki_no {bigint} NOT NULL REFERENCES pki_cards (pki_no),
+            card_random {bytes} NOT NULL,
+            at_ms {bigint} NOT NULL,
+            PRIMARY KEY (pki_no, card_random)
+        );
+        CREATE TABLE handshake_serials (
+            serial {serial},
+            pki_no {bigint} NOT NULL REFERENCES pki_cards (pki_no),
+            created_ms {bigint} NOT NULL
+        );
+        CREATE TABLE sessions (
+            pki_no {bigint} PRIMARY KEY REFERENCES pki_cards (pki_no),
+            user_id TEXT NOT NULL,
+            serial TEXT NOT NULL UNIQUE,
+            session_key {bytes} NOT NULL,
+            created_ms {bigint} NOT NULL,
+            expires_ms {bigint} NOT NULL
+        );
+        CREATE TABLE signins (
+            id {serial},
+            pki_no {bigint},
+            user_id TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            at_ms {bigint} NOT NULL
+        );
+        CREATE INDEX signins_pki ON signins (pki_no, at_ms);
+        """,
+    ),
+)
+
+#: The version this code writes.
+LATEST = MIGRATIONS[-1][0]
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer version of the daemon."""
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def current_version(cur: Cursor) -> int:
+    cur.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+    )
+    row = cur.execute("SELECT version FROM schema_version").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _lock(cur: Cursor) -> None:
+    if cur.engine.name == "postgres":
+        # One migrating daemon at a time; released at commit.
+        cur.execute("SELECT pg_advisory_xact_lock(7243001)")
+
+
+def _apply(cur: Cursor, version: int, script: str) -> bool:
+    _lock(cur)
+    if current_version(cur) >= version:
+        return False  # another daemon got there first
+    for statement in _statements(cur.engine.schema(script)):
+        cur.execute(statement)
+    cur.execute("DELETE FROM schema_version")
+    cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    return True
+
+
+def migrate(
+    dsn: DSN,
+    migrations: Sequence[tuple[int, str]] = MIGRATIONS,
+    conn: DBConnection | None = None,
+) -> int:
+    """
+    Bring the database to the newest version; returns it. Synchronous: the daemon calls it
+    before the reactor starts, the admin CLI before it touches anything.
+    """
+    own = conn is None
+    conn = conn or dsn.connect()
+    try:
+        latest = migrations[-1][0]
+        found = run_transaction(dsn.engine, conn, "schema version", lambda c: (_lock(c), current_version(c))[1])
+        if found > latest:
+            raise SchemaTooNew(
+                f"ledger schema is version {found}, this daemon knows up to {latest}: "
+                "run the newer daemon"
+            )
+        for version, script in migrations:
+            if version > found and run_transaction(
+                dsn.engine, conn, f"migration {version}", _apply, version, script
+            ):
+                log.info("ledger migrated to schema version {version}", version=version)
+        return latest
+    finally:
+        if own:
+            conn.close()

@@ -1,0 +1,100 @@
+"""
+The daemon's settings: command line over ini file over built-in defaults.
+
+The ini file (C{--config FILE}) has one section, C{[lnt-recharge]}, whose keys are the long
+option names (C{flows = tcp:9000:interface=127.0.0.1}, C{idle-timeout = 30}, ...); see
+etc/lnt.ini. An unknown key or section is an error, so a typo never silently keeps a default.
+"""
+
+from __future__ import annotations
+
+import configparser
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SECTION = "lnt-recharge"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says which setting and why."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+    kind: type = str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("flows", "tcp:9000:interface=127.0.0.1",
+            "endpoint for terminal (DD frame) connections, a Twisted endpoint string"),
+    Setting("http", "tcp:8080:interface=127.0.0.1",
+            "endpoint for the HTTP APIs (order, consignment, health)"),
+    Setting("data-dir", "./lnt-data", "directory for the ledger, keys and demo.json"),
+    Setting("ledger", None,
+            "ledger DSN: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)"),
+    Setting("key-file", None, "platform key file (default: DATA-DIR/platform-key.json)"),
+    Setting("idle-timeout", "30", "seconds without a complete frame before closing", float),
+    Setting("flow-deadline", "120", "seconds one flow may take in all", float),
+    Setting("backend-timeout", "10", "seconds a backend call may take before DD", float),
+    Setting("max-connections", "1000", "terminal connections at once; more are answered DD",
+            int),
+    Setting("shutdown-grace", "15", "seconds running flows get to finish at shutdown", float),
+    Setting("session-ttl", "86400", "lifetime of a sign-in session, seconds", float),
+    Setting("demo", "yes", "provision the demo terminal, cards and merchant (yes/no)", bool),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _convert(setting: Setting, raw: str) -> Any:
+    try:
+        if setting.kind is bool:
+            low = raw.strip().lower()
+            if low in ("yes", "true", "on", "1"):
+                return True
+            if low in ("no", "false", "off", "0"):
+                return False
+            raise ValueError(raw)
+        value = setting.kind(raw)
+    except ValueError:
+        raise ConfigError(f"{setting.name}: {raw!r} is not a valid {setting.kind.__name__}") from None
+    if setting.kind in (int, float) and value <= 0:
+        raise ConfigError(f"{setting.name}: must be positive, not {raw}")
+    return value
+
+
+def read_ini(path: Path) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with path.open() as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except configparser.Error as e:
+        raise ConfigError(f"config file {path}: {e.message}") from None
+    extra = [s for s in parser.sections() if s != SECTION]
+    if extra:
+        raise ConfigError(f"config file {path}: unknown section [{extra[0]}], use [{SECTION}]")
+    if not parser.has_section(SECTION):
+        return {}
+    values = dict(parser.items(SECTION))
+    for key in values:
+        if key not in _BY_NAME:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+    return values
+
+
+def resolve(command_line: Mapping[str, str | None], ini: Mapping[str, str]) -> dict[str, Any]:
+    """Every setting's value: the command line's if given, else the file's, else the default."""
+    result: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = command_line.get(s.name)
+        if raw is None:
+            raw = ini.get(s.name, s.default)
+        result[s.name] = None if raw is None else _convert(s, raw)
+    return result

@@ -1,0 +1,133 @@
+"""
+The contracts between the parts of the daemon.
+
+Flows (L{IFlow}) talk to the backends only through L{IPKI}, L{ILedger} (and, for loads, the
+core module interface of L{lnt.backends}); the web APIs likewise. An implementation is any object
+that provides the interface: the shipped ones are in L{lnt.backends}, a hardware security module
+or another database would be another implementation of the same interface.
+
+Every method that may touch a disk, a database or another process returns a L{Deferred}; methods
+that are pure computation return their value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IProtocol
+
+    from lnt.flows.base import FlowContext
+    from lnt.records import PKICard, Session
+
+
+class IFlow(Interface):
+    """
+    A DD flow, found by Twisted plugin discovery (C{twisted.plugin.getPlugins(IFlow)}).
+
+    The listening protocol reads a connection's first frame, looks its header up among the
+    flows' C{first_header}s and hands the connection, with the bytes already read, to the
+    protocol that C{buildProtocol} returns. Two flows claiming one header stop the daemon at
+    start with an error naming both.
+    """
+
+    name: str = Attribute("Short name for logs and --help, e.g. C{'sign-in'}.")
+    first_header: int = Attribute("Header of the flow's first request stage, e.g. C{0xDD01}.")
+    description: str = Attribute("One line saying what the flow does.")
+
+    def buildProtocol(context: FlowContext) -> IProtocol:  # type: ignore[misc]
+        """
+        A new protocol for one connection. It receives C{makeConnection} and then every byte
+        of the connection, starting with its first frame.
+        """
+
+
+class IPKI(Interface):
+    """
+    The terminals' PKI cards and the platform's own key pair.
+
+    A PKI card lives in a terminal's reader; it holds an EC (NIST P-256) private key whose
+    public half the platform knows by the card's number. Sign-in is a mutual authentication
+    between that card and the platform (docs/protocol.rst, "Sign-in").
+    """
+
+    def platform_public_key() -> bytes:  # type: ignore[misc]
+        """The platform's public key, 64 bytes (X || Y)."""
+
+    def platform_sign(data: bytes) -> bytes:  # type: ignore[misc]
+        """The platform's signature over C{data}: 64 bytes (r || s), ECDSA P-256 / SHA-256."""
+
+    def lookup(pki_no: int) -> Deferred[PKICard | None]:  # type: ignore[misc]
+        """The card registered under C{pki_no}, or C{None} if there is none."""
+
+    def register(card: PKICard) -> Deferred[None]:  # type: ignore[misc]
+        """
+        Register a new card. Errbacks with L{lnt.records.AlreadyExists} if the number is
+        taken.
+        """
+
+    def revoke(pki_no: int) -> Deferred[bool]:  # type: ignore[misc]
+        """Mark the card revoked and end its session; C{False} if there is no such card."""
+
+    def cards() -> Deferred[list[PKICard]]:  # type: ignore[misc]
+        """Every registered card, by number."""
+
+
+class ILedger(Interface):
+    """
+    Everything that must survive a crash. Every method that changes state is one transaction,
+    durable when its Deferred fires: a caller may tell the outside world about a state only
+    after that.
+    """
+
+    def health() -> Deferred[dict[str, object]]:  # type: ignore[misc]
+        """
+        C{{"engine": ..., "schema_version": N}} after a round trip to the database; errbacks
+        if the database cannot be reached.
+        """
+
+    def next_serial(pki_no: int, now_ms: int) -> Deferred[str]:  # type: ignore[misc]
+        """
+        Allocate a handshake serial (16 decimal digits) for a sign-in of this card in
+        progress. Serials are never reused, also across daemons sharing a database.
+        """
+
+    def note_card_random(  # type: ignore[misc]
+        pki_no: int, card_random: bytes, now_ms: int
+    ) -> Deferred[bool]:
+        """
+        Remember a card random of R_AC_LOGIN_1; C{False} if this card used it before (the
+        answer is a replay).
+        """
+
+    def open_session(  # type: ignore[misc]
+        pki_no: int,
+        user_id: bytes,
+        serial: str,
+        session_key: bytes,
+        counter: int,
+        now_ms: int,
+        ttl_ms: int,
+    ) -> Deferred[Session | None]:
+        """
+        Record a completed sign-in, in one transaction: the card's sign-in counter must go up
+        (else C{None}: a stale or cloned card), the card must still be active (else C{None}),
+        and the new session replaces any older one of the card.
+        """
+
+    def session(pki_no: int, now_ms: int) -> Deferred[Session | None]:  # type: ignore[misc]
+        """The card's session if there is one and it has not expired at C{now_ms}."""
+
+    def session_by_serial(serial: str, now_ms: int) -> Deferred[Session | None]:  # type: ignore[misc]
+        """The live session with this handshake serial (16 digits), if any."""
+
+    def record_signin(  # type: ignore[misc]
+        pki_no: int | None, user_id: bytes, outcome: str, now_ms: int
+    ) -> Deferred[None]:
+        """Append a sign-in attempt to the audit log (outcome: C{"ok"} or why it failed)."""
+
+    def close() -> None:  # type: ignore[misc]
+        """Release the database connections; pending transactions finish first."""

@@ -1,0 +1,59 @@
+"""
+Logging for operators: a twistd observer for journald, and the masking helpers that keep card
+numbers out of logs.
+
+Under systemd the journal timestamps every line itself, so the observer L{journal_observer}
+(C{twistd --logger lnt.logs.journal_observer}) writes C{<priority>[namespace] message} with no
+timestamp of its own; the C{<N>} prefix is the syslog priority that journald reads from a
+stream (sd-daemon(3)), so C{journalctl -p warning} works.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    formatEvent,
+)
+from twisted.logger._format import formatTraceback  # type: ignore[attr-defined]
+
+_PRIORITY = {
+    LogLevel.debug: 7,
+    LogLevel.info: 6,
+    LogLevel.warn: 4,
+    LogLevel.error: 3,
+    LogLevel.critical: 2,
+}
+
+
+def format_journal_event(event: LogEvent) -> str | None:
+    text = formatEvent(event)
+    if "log_failure" in event:
+        try:
+            text = f"{text}\n{formatTraceback(event['log_failure'])}"
+        except Exception:  # pragma: no cover - a broken failure must not stop logging
+            pass
+    if not text:
+        return None
+    level = event.get("log_level", LogLevel.info)
+    prio = _PRIORITY.get(level, 6)
+    namespace = event.get("log_namespace", "-")
+    lines = text.rstrip("\n").split("\n")
+    return "".join(f"<{prio}>[{namespace}] {line}\n" for line in lines)
+
+
+def journal_observer(out: TextIO | None = None) -> ILogObserver:
+    """The observer factory for C{twistd --logger}: one line per event, no timestamp."""
+    return FileLogObserver(out or sys.stdout, format_journal_event)
+
+
+def mask_card(number: str) -> str:
+    """C{"1000123456789012"} -> C{"1000********9012"}: enough to tell cards apart."""
+    if len(number) <= 8:
+        return "*" * len(number)
+    return number[:4] + "*" * (len(number) - 8) + number[-4:]

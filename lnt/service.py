@@ -1,0 +1,216 @@
+"""
+Builds the daemon (C{twistd lnt-recharge}) from its options: no protocol logic lives here.
+
+Start-up, in order, before the reactor runs (so that any failure stops twistd with a message
+and a non-zero exit): settings resolved (command line > ini file > defaults), data directory
+and platform key file created if missing, the ledger migrated to the current schema, the flow
+plugins discovered, the demo provisioned when asked for, and the listeners bound. When the
+reactor runs: the ledger's pool starts, C{<data-dir>/listening.json} records the bound
+addresses, and systemd is told C{READY=1}.
+
+Shutdown (SIGTERM, SIGINT): listeners stop accepting, running flows get C{shutdown-grace}
+seconds to finish (then are aborted), then the ledger is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+import lnt
+from lnt import systemd
+from lnt.backends.database import DSN, Database
+from lnt.backends.keys import PlatformKeys
+from lnt.backends.ledger import SQLLedger
+from lnt.backends.pki import LedgerPKI
+from lnt.backends.schema import migrate
+from lnt.config import SETTINGS, ConfigError, read_ini, resolve
+from lnt.flows.base import FlowContext, FlowSettings
+from lnt.flows.dispatch import DDServerFactory, FlowRegistry
+from lnt.web.health import Health
+from lnt.web.json import Root
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the Lingnan Tong recharge platform: terminal flows over DD frames and the HTTP "
+        "APIs, in one process. With no options it runs on an embedded default: a SQLite ledger "
+        "and keys in ./lnt-data, created on first start, with demo data. Endpoints are Twisted "
+        "endpoint strings (tcp:PORT:interface=ADDR, ssl:PORT:privateKey=K:certKey=C, "
+        "systemd:domain=INET:name=NAME). Settings can also come from an ini file (--config); "
+        "the command line wins."
+    )
+    optParameters: list[list[Any]] = [
+        [s.name, None, None, f"{s.help} [default: {s.default or 'see above'}]"] for s in SETTINGS
+        if s.kind is not bool
+    ] + [["config", "c", None, "ini file with a [lnt-recharge] section (keys: the option names)"]]
+    optFlags = [["no-demo", None, "do not provision demo data (production)"]]
+
+    def postOptions(self) -> None:
+        given = {s.name: self[s.name] for s in SETTINGS if s.kind is not bool}
+        if self["no-demo"]:
+            given["demo"] = "no"
+        try:
+            ini = read_ini(Path(self["config"])) if self["config"] else {}
+            self.settings = resolve(given, ini)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class ListenerService(Service):
+    """Binds one endpoint at privileged start (so a bind failure stops twistd at once)."""
+
+    def __init__(self, name: str, description: str, factory: Factory, reactor: Any) -> None:
+        self.setName(name)
+        self.description = description
+        self.factory = factory
+        self.reactor = reactor
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        endpoint = serverFromString(self.reactor, self.description)
+        result: list[Any] = []
+        d = endpoint.listen(self.factory)
+        d.addBoth(result.append)
+        if not result:  # pragma: no cover - every stream endpoint we support binds at once
+            raise RuntimeError(f"{self.name}: endpoint {self.description} did not bind at once")
+        if isinstance(result[0], Failure):
+            raise RuntimeError(
+                f"cannot listen for {self.name} on {self.description}: "
+                f"{result[0].getErrorMessage()}"
+            )
+        self.port = result[0]
+        log.info("{name} listening on {address}", name=self.name, address=self.port.getHost())
+        super().privilegedStartService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(port.stopListening)
+
+    def address(self) -> dict[str, Any] | None:
+        if self.port is None:
+            return None
+        host = self.port.getHost()
+        if hasattr(host, "port"):
+            return {"host": host.host, "port": host.port}
+        return {"address": str(host)}
+
+
+class RechargeService(MultiService):
+    """The whole daemon; children are the listeners."""
+
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        db: Database,
+        ledger: SQLLedger,
+        flows: DDServerFactory,
+        reactor: Any,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.db = db
+        self.ledger = ledger
+        self.flows = flows
+        self.reactor = reactor
+        self.data_dir = Path(settings["data-dir"])
+
+    def startService(self) -> None:
+        self.db.start()
+        super().startService()
+        listening = {
+            s.name: s.address() for s in self if isinstance(s, ListenerService)
+        }
+        listening["pid"] = os.getpid()
+        path = self.data_dir / "listening.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(listening, indent=2) + "\n")
+        os.replace(tmp, path)
+        systemd.notify("READY=1")
+        log.info("lnt-recharge {version} ready", version=lnt.__version__)
+
+    async def _stop(self) -> None:
+        systemd.notify("STOPPING=1")
+        log.info("stopping: closing listeners")
+        listeners = [s for s in self if isinstance(s, ListenerService)]
+        await defer.gatherResults([s.stopService() for s in listeners])
+        await self.flows.drain(self.settings["shutdown-grace"])
+        self.running = 0
+        self.ledger.close()
+        try:
+            (self.data_dir / "listening.json").unlink()
+        except FileNotFoundError:
+            pass
+        log.info("stopped")
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+
+def makeService(options: Options, reactor: Any = None) -> RechargeService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    settings = options.settings
+    data_dir = Path(settings["data-dir"]).resolve()
+    settings["data-dir"] = str(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+
+    key_file = Path(settings["key-file"] or data_dir / "platform-key.json")
+    keys, created = PlatformKeys.load_or_create(key_file)
+    if created:
+        log.info("created the platform key file {path}", path=key_file)
+
+    dsn = DSN.parse(settings["ledger"] or f"sqlite://{data_dir / 'ledger.db'}")
+    version = migrate(dsn)
+    log.info("ledger {dsn} at schema version {version}", dsn=dsn.describe(), version=version)
+
+    registry = FlowRegistry.discover()
+    for flow in registry.flows():
+        log.info("flow {name} starts with {header:04X}", name=flow.name, header=flow.first_header)
+
+    db = Database(dsn)
+    ledger = SQLLedger(db, keys.sealer())
+    pki = LedgerPKI(db, keys)
+    clock: IReactorTime = reactor
+    flow_settings = FlowSettings(
+        idle_timeout=settings["idle-timeout"],
+        flow_deadline=settings["flow-deadline"],
+        backend_timeout=settings["backend-timeout"],
+        session_ttl=settings["session-ttl"],
+    )
+    context = FlowContext(ledger=ledger, pki=pki, clock=clock, settings=flow_settings)
+    flows = DDServerFactory(registry, context, settings["max-connections"])
+    flows.noisy = False
+
+    root = Root()
+    root.putChild(b"health", Health(ledger, clock, settings["backend-timeout"]))
+    site = Site(root, timeout=60)
+    site.displayTracebacks = False
+    site.noisy = False
+
+    service = RechargeService(settings, db, ledger, flows, reactor)
+    ListenerService("flows", settings["flows"], flows, reactor).setServiceParent(service)
+    ListenerService("http", settings["http"], site, reactor).setServiceParent(service)
+    return service

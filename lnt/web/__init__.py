@@ -1,0 +1,1 @@
+"""The HTTP side: twisted.web resources served on the daemon's C{--http} endpoint."""

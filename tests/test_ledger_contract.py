@@ -1,0 +1,242 @@
+"""
+The ledger contract: every ILedger / IPKI implementation over SQL passes the same tests, on
+SQLite and on PostgreSQL (a schema of its own per test). Without a reachable PostgreSQL these
+skip with a message, except under CI (CI=true), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+
+from lnt.backends.database import DSN, Database, DatabaseConfigError, SyncDatabase, result_of
+from lnt.backends.keys import CardKeyFile, PlatformKeys, key_from_scalar
+from lnt.backends.ledger import SQLLedger
+from lnt.backends.pki import LedgerPKI
+from lnt.backends.schema import LATEST, MIGRATIONS, SchemaTooNew, migrate
+from lnt.records import AlreadyExists, CardStatus, PKICard
+from tests.conftest import postgres_dsn
+
+USER = b"terminal-0000001"
+
+
+def _postgres(schema: str) -> str:
+    base = postgres_dsn()
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(base, connect_timeout=3)
+    except Exception as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL must be reachable in CI ({base}): {e}")
+        pytest.skip(f"PostgreSQL not reachable at {base}: PostgreSQL ledger tests skipped ({e})")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE SCHEMA "{schema}"')
+    conn.close()
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+def _drop(schema: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(postgres_dsn(), connect_timeout=3)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def dsn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DSN]:
+    if request.param == "sqlite":
+        yield DSN.parse(f"sqlite://{tmp_path / 'ledger.db'}")
+        return
+    schema = f"lnt_test_{uuid.uuid4().hex[:12]}"
+    url = _postgres(schema)
+    try:
+        yield DSN.parse(url)
+    finally:
+        _drop(schema)
+
+
+KEYS = PlatformKeys(key_from_scalar(0xC0FFEE), bytes(range(32)))
+
+
+@pytest.fixture
+def stores(dsn: DSN) -> Iterator[tuple[SQLLedger, LedgerPKI]]:
+    migrate(dsn)
+    db = Database(dsn)
+    db.start()
+    yield SQLLedger(db, KEYS.sealer()), LedgerPKI(db, KEYS)
+    db.close()
+
+
+def card(pki_no: int = 1001, user: bytes = USER, version: int = 1) -> PKICard:
+    return PKICard(pki_no, user, CardKeyFile.generate(pki_no).public_key, version)
+
+
+# -- schema -------------------------------------------------------------------------------------
+
+def test_migrate_is_idempotent_and_refuses_newer(dsn: DSN) -> None:
+    assert migrate(dsn) == LATEST
+    assert migrate(dsn) == LATEST
+    newer = [(LATEST + 1, "CREATE TABLE later_feature (x INTEGER)")]
+    assert migrate(dsn, [*MIGRATIONS, *newer]) == LATEST + 1
+    with pytest.raises(SchemaTooNew):
+        migrate(dsn)
+
+
+def test_migrates_an_older_database_step_by_step(dsn: DSN) -> None:
+    v1 = [(1, "CREATE TABLE t (a INTEGER)")]
+    v2 = [*v1, (2, "ALTER TABLE t ADD COLUMN b INTEGER; CREATE TABLE u (c TEXT)")]
+    assert migrate(dsn, v1) == 1
+    assert migrate(dsn, v2) == 2
+    conn = dsn.connect()
+    cur = conn.cursor()
+    cur.execute("SELECT a, b FROM t")
+    cur.execute("SELECT c FROM u")
+    cur.execute("SELECT version FROM schema_version")
+    assert cur.fetchall() == [(2,)]
+    conn.close()
+
+
+def test_dsn_parsing() -> None:
+    assert DSN.parse("sqlite:///var/lib/x.db").target == "/var/lib/x.db"
+    assert DSN.parse("/tmp/a.db").engine.name == "sqlite"
+    assert DSN.parse("postgresql://u:secret@h:5433/db").engine.name == "postgres"
+    assert "secret" not in DSN.parse("postgresql://u:secret@h:5433/db").describe()
+    with pytest.raises(DatabaseConfigError):
+        DSN.parse("mysql://x")
+    with pytest.raises(DatabaseConfigError):
+        DSN.parse("sqlite://")
+
+
+# -- health, PKI --------------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_health(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    ledger, _ = stores
+    h = await ledger.health()
+    assert h["schema_version"] == LATEST
+    assert h["engine"] in ("sqlite", "postgres")
+
+
+@pytest_twisted.ensureDeferred
+async def test_pki_cards(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    _, pki = stores
+    c = card()
+    assert await pki.lookup(c.pki_no) is None
+    await pki.register(c)
+    assert await pki.lookup(c.pki_no) == c
+    with pytest.raises(AlreadyExists):
+        await pki.register(card())
+    with pytest.raises(ValueError):
+        await pki.register(PKICard(5, USER, bytes(64), 1))  # not a curve point
+    assert await pki.revoke(c.pki_no) is True
+    assert (await pki.lookup(c.pki_no)).status is CardStatus.REVOKED  # type: ignore[union-attr]
+    assert await pki.revoke(424242) is False
+    await pki.register(card(7))
+    assert [x.pki_no for x in await pki.cards()] == [7, 1001]
+    assert pki.platform_public_key() == KEYS.public_key
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_serials_are_unique_and_16_digits(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    ledger, pki = stores
+    await pki.register(card())
+    serials = await defer.gatherResults([ledger.next_serial(1001, 0) for _ in range(20)])
+    assert len(set(serials)) == 20
+    assert all(len(s) == 16 and s.isdigit() for s in serials)
+
+
+@pytest_twisted.ensureDeferred
+async def test_card_randoms_are_single_use(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    ledger, pki = stores
+    await pki.register(card())
+    assert await ledger.note_card_random(1001, b"12345678", 1) is True
+    assert await ledger.note_card_random(1001, b"12345678", 2) is False
+    assert await ledger.note_card_random(1001, b"12345679", 3) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_lifecycle(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    ledger, pki = stores
+    await pki.register(card())
+    key = b"K" * 16
+    s1 = await ledger.open_session(1001, USER, "0000000000000001", key, 1, 1000, 5000)
+    assert s1 is not None and s1.expires_ms == 6000
+    assert await ledger.session(1001, 5999) == s1
+    assert await ledger.session(1001, 6000) is None  # expired
+    assert await ledger.session_by_serial("0000000000000001", 2000) == s1
+    # counter must increase
+    assert await ledger.open_session(1001, USER, "0000000000000002", key, 1, 2000, 5000) is None
+    s2 = await ledger.open_session(1001, USER, "0000000000000003", b"L" * 16, 2, 2000, 5000)
+    assert s2 is not None
+    assert await ledger.session(1001, 2500) == s2  # replaced
+    assert await ledger.session_by_serial("0000000000000001", 2500) is None
+    await pki.revoke(1001)
+    assert await ledger.session(1001, 2500) is None
+    assert await ledger.open_session(1001, USER, "0000000000000004", key, 9, 3000, 5000) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_key_is_sealed_at_rest(stores: tuple[SQLLedger, LedgerPKI],
+                                             dsn: DSN) -> None:
+    ledger, pki = stores
+    await pki.register(card())
+    key = bytes.fromhex("00112233445566778899aabbccddeeff")
+    await ledger.open_session(1001, USER, "0000000000000001", key, 1, 0, 10_000)
+    conn = dsn.connect()
+    cur = conn.cursor()
+    cur.execute("SELECT session_key FROM sessions")
+    (stored,) = cur.fetchone()
+    conn.close()
+    assert key not in bytes(stored)
+    other = SQLLedger(ledger.db, PlatformKeys(key_from_scalar(1), bytes(32)).sealer())
+    with pytest.raises(ValueError):
+        await other.session(1001, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_signin_audit(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    ledger, pki = stores
+    await pki.register(card())
+    await ledger.record_signin(1001, USER, "ok", 5)
+    await ledger.record_signin(None, USER, "unknown PKI card 9", 6)
+    assert await ledger.signins(1001) == [("ok", 5)]
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(counters=st.lists(st.integers(1, 50), min_size=1, max_size=8))
+def test_property_session_accepted_iff_counter_increases(tmp_path: Path,
+                                                         counters: list[int]) -> None:
+    """Only a strictly increasing counter opens a session; the last accepted one is live."""
+    dsn = DSN.parse(f"sqlite://{tmp_path / uuid.uuid4().hex}.db")
+    migrate(dsn)
+    db = SyncDatabase(dsn)
+    ledger, pki = SQLLedger(db, KEYS.sealer()), LedgerPKI(db, KEYS)  # type: ignore[arg-type]
+    result_of(pki.register(card(1)))
+    best, accepted = 0, ""
+    for i, c in enumerate(counters):
+        serial = str(i).rjust(16, "0")
+        result = result_of(ledger.open_session(1, USER, serial, b"k" * 16, c, 0, 10_000))
+        assert (result is not None) == (c > best)
+        if c > best:
+            best, accepted = c, serial
+    live = result_of(ledger.session(1, 1))
+    assert live is not None and live.serial == accepted
+    db.close()
