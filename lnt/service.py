@@ -37,6 +37,7 @@ from lnt.backends.keys import PlatformKeys
 from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.schema import migrate
+from lnt.demo import provision
 from lnt.config import SETTINGS, ConfigError, read_ini, resolve
 from lnt.flows.base import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowRegistry
@@ -185,6 +186,10 @@ def makeService(options: Options, reactor: Any = None) -> RechargeService:
     dsn = DSN.parse(settings["ledger"] or f"sqlite://{data_dir / 'ledger.db'}")
     version = migrate(dsn)
     log.info("ledger {dsn} at schema version {version}", dsn=dsn.describe(), version=version)
+
+    if settings["demo"]:
+        provision(data_dir, dsn, keys)
+        log.info("demo data in {path}", path=data_dir / "demo.json")
 
     registry = FlowRegistry.discover()
     for flow in registry.flows():

@@ -83,7 +83,8 @@ def stores(dsn: DSN) -> Iterator[tuple[SQLLedger, LedgerPKI]]:
 
 
 def card(pki_no: int = 1001, user: bytes = USER, version: int = 1) -> PKICard:
-    return PKICard(pki_no, user, CardKeyFile.generate(pki_no).public_key, version)
+    return PKICard(pki_no, user, CardKeyFile.generate(pki_no, version, user, bytes(64)).public_key,
+                   version)
 
 
 # -- schema -------------------------------------------------------------------------------------

@@ -171,11 +171,17 @@ class PlatformKeys:
 
 @dataclass(frozen=True)
 class CardKeyFile:
-    """A PKI card's key as the simulator's reader holds it."""
+    """
+    A PKI card as the simulator's reader holds it: its number, private key and key version,
+    the user ID it is bound to, and the platform public key it trusts (personalised into the
+    card when it is issued).
+    """
 
     pki_no: int
     key: ECC.EccKey
     key_version: int
+    user_id: bytes
+    platform_public_key: bytes
 
     @property
     def public_key(self) -> bytes:
@@ -188,6 +194,8 @@ class CardKeyFile:
                 "format": CARD_KEY_FORMAT,
                 "pki_no": self.pki_no,
                 "key_version": self.key_version,
+                "user_id": self.user_id.hex(),
+                "platform_public_key": self.platform_public_key.hex(),
                 "private_key": self.key.export_key(format="PEM"),
             },
         )
@@ -200,10 +208,14 @@ class CardKeyFile:
                 int(content["pki_no"]),
                 ECC.import_key(content["private_key"]),
                 int(content["key_version"]),
+                bytes.fromhex(content["user_id"]),
+                bytes.fromhex(content["platform_public_key"]),
             )
         except (KeyError, ValueError):
             raise KeyFileError(f"key file {path} is damaged") from None
 
     @classmethod
-    def generate(cls, pki_no: int, key_version: int = 1) -> CardKeyFile:
-        return cls(pki_no, ECC.generate(curve=CURVE), key_version)
+    def generate(
+        cls, pki_no: int, key_version: int, user_id: bytes, platform_public_key: bytes
+    ) -> CardKeyFile:
+        return cls(pki_no, ECC.generate(curve=CURVE), key_version, user_id, platform_public_key)

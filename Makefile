@@ -1,0 +1,47 @@
+# The two commands of the quick start: `make run` and `make test`.
+# Everything lands in .venv (created if missing); nothing is installed system-wide.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-test
+RUNSTAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit bench clean plugin-cache
+
+$(RUNSTAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e . --config-settings editable_mode=compat
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $@
+
+$(STAMP): $(RUNSTAMP) setup.cfg pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+## run the daemon on its embedded default (./lnt-data, ports 9000 and 8080 on 127.0.0.1)
+run: $(RUNSTAMP)
+	$(BIN)/twistd -n lnt-recharge
+
+## lint, type-check and run the whole test suite
+test: $(STAMP) lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check lnt tests twisted bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+## regenerate Twisted's plugin cache (dropin.cache) after installing or upgrading
+plugin-cache: $(RUNSTAMP)
+	$(BIN)/lnt-admin plugin-cache
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,192 @@
+"""
+C{lnt-admin}: the operator's command line. It works on the same data directory, key file and
+ledger as the daemon (and may run while the daemon runs: every change is one transaction).
+
+    lnt-admin [--data-dir DIR] [--ledger DSN] [--key-file FILE] COMMAND ...
+
+    key create|show                  the platform key pair (show prints the public key only)
+    terminal register --pki N --user-id ID (--generate KEYFILE | --public-key HEX)
+                      [--key-version V]
+    terminal revoke N
+    terminal list
+    plugin-cache                     regenerate Twisted's plugin cache (dropin.cache)
+
+Exit status: 0 done, 1 refused (the message says why), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lnt.backends.database import DSN, SyncDatabase, result_of
+from lnt.backends.keys import CardKeyFile, KeyFileError, PlatformKeys
+from lnt.backends.pki import LedgerPKI
+from lnt.backends.schema import migrate
+from lnt.records import AlreadyExists, PKICard
+
+
+class Refused(Exception):
+    """What the operator asked for cannot be done; the message says why."""
+
+
+def parse_user_id(text: str) -> bytes:
+    """A user ID: 16 ASCII characters, or 32 hex digits (C{hex:...})."""
+    if text.startswith("hex:"):
+        raw = bytes.fromhex(text[4:])
+    else:
+        raw = text.encode("ascii")
+    if len(raw) != 16:
+        raise argparse.ArgumentTypeError("user ID must be 16 bytes (16 ASCII chars or hex:32 digits)")
+    return raw
+
+
+def show_user_id(raw: bytes) -> str:
+    text = raw.decode("ascii", "replace")
+    return text if text.isprintable() and text.isascii() else "hex:" + raw.hex()
+
+
+class Admin:
+    def __init__(self, data_dir: Path, ledger: str | None, key_file: Path | None) -> None:
+        self.data_dir = data_dir
+        self.key_file = key_file or data_dir / "platform-key.json"
+        self.dsn = DSN.parse(ledger or f"sqlite://{data_dir / 'ledger.db'}")
+        self._db: SyncDatabase | None = None
+
+    def db(self) -> SyncDatabase:
+        if self._db is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            migrate(self.dsn)
+            self._db = SyncDatabase(self.dsn)
+        return self._db
+
+    def keys(self, create: bool = False) -> PlatformKeys:
+        if create:
+            return PlatformKeys.load_or_create(self.key_file)[0]
+        return PlatformKeys.load(self.key_file)
+
+    def pki(self) -> LedgerPKI:
+        return LedgerPKI(self.db(), self.keys(create=True))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def key_create(self, args: argparse.Namespace) -> None:
+        if self.key_file.exists():
+            raise Refused(f"key file {self.key_file} exists already; it is never overwritten")
+        keys = self.keys(create=True)
+        print(f"created {self.key_file}")
+        print(f"platform public key: {keys.public_key.hex()}")
+
+    def key_show(self, args: argparse.Namespace) -> None:
+        print(f"platform public key: {self.keys().public_key.hex()}")
+
+    def terminal_register(self, args: argparse.Namespace) -> None:
+        if not 0 <= args.pki < 0xFFFFFFFF:
+            raise Refused("PKI card number must be 0..4294967294")
+        pki = self.pki()
+        if args.generate:
+            path = Path(args.generate)
+            if path.exists():
+                raise Refused(f"{path} exists already; it is never overwritten")
+            keyfile = CardKeyFile.generate(args.pki, args.key_version, args.user_id,
+                                           pki.platform_public_key())
+            public = keyfile.public_key
+        else:
+            try:
+                public = bytes.fromhex(args.public_key)
+            except ValueError:
+                raise Refused("--public-key must be 128 hex digits (X || Y)") from None
+            keyfile = None
+        card = PKICard(args.pki, args.user_id, public, args.key_version)
+        try:
+            result_of(pki.register(card))
+        except AlreadyExists as e:
+            raise Refused(str(e)) from None
+        except ValueError as e:
+            raise Refused(f"public key refused: {e}") from None
+        if keyfile is not None:
+            keyfile.save(Path(args.generate))
+            print(f"wrote the PKI card key file {args.generate}")
+        print(f"registered PKI card {args.pki} for user ID {show_user_id(args.user_id)}, "
+              f"key version {args.key_version}")
+
+    def terminal_revoke(self, args: argparse.Namespace) -> None:
+        if not result_of(self.pki().revoke(args.pki)):
+            raise Refused(f"no PKI card {args.pki}")
+        print(f"revoked PKI card {args.pki}; its session is ended")
+
+    def terminal_list(self, args: argparse.Namespace) -> None:
+        cards = result_of(self.pki().cards())
+        print(f"{'PKI':>10}  {'user ID':<20} {'ver':>3}  status")
+        for c in cards:
+            print(f"{c.pki_no:>10}  {show_user_id(c.user_id):<20} {c.key_version:>3}  "
+                  f"{c.status.value}")
+
+    def plugin_cache(self, args: argparse.Namespace) -> None:
+        from twisted.plugin import IPlugin, getPlugins
+
+        import twisted.plugins
+
+        found = sorted({getattr(p, "name", None) or getattr(p, "tapname", "?")
+                        for p in getPlugins(IPlugin, twisted.plugins)})
+        print(f"plugin cache regenerated; {len(found)} plugins")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lnt-admin", description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=Path("lnt-data"),
+                   help="the daemon's data directory [lnt-data]")
+    p.add_argument("--ledger", help="ledger DSN [SQLite in the data dir]")
+    p.add_argument("--key-file", type=Path, help="platform key file [DATA-DIR/platform-key.json]")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    key = sub.add_parser("key", help="the platform key pair")
+    ks = key.add_subparsers(dest="action", required=True)
+    ks.add_parser("create", help="create the key file (never overwrites)").set_defaults(
+        run=Admin.key_create)
+    ks.add_parser("show", help="print the public key").set_defaults(run=Admin.key_show)
+
+    term = sub.add_parser("terminal", help="terminals' PKI cards")
+    ts = term.add_subparsers(dest="action", required=True)
+    reg = ts.add_parser("register", help="register a PKI card")
+    reg.add_argument("--pki", type=int, required=True, help="PKI card number")
+    reg.add_argument("--user-id", type=parse_user_id, required=True,
+                     help="operator user ID bound to the card (16 chars or hex:...)")
+    reg.add_argument("--key-version", type=int, default=1, help="key version (crt_version) [1]")
+    how = reg.add_mutually_exclusive_group(required=True)
+    how.add_argument("--generate", metavar="KEYFILE",
+                     help="generate the card's key pair into KEYFILE (for the simulator)")
+    how.add_argument("--public-key", metavar="HEX", help="import the card's public key (X || Y)")
+    reg.set_defaults(run=Admin.terminal_register)
+    rev = ts.add_parser("revoke", help="revoke a PKI card and end its session")
+    rev.add_argument("pki", type=int)
+    rev.set_defaults(run=Admin.terminal_revoke)
+    ts.add_parser("list", help="list PKI cards").set_defaults(run=Admin.terminal_list)
+
+    sub.add_parser("plugin-cache", help="regenerate Twisted's dropin.cache").set_defaults(
+        run=Admin.plugin_cache)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    admin = Admin(args.data_dir, args.ledger, args.key_file)
+    try:
+        args.run(admin, args)
+    except (Refused, KeyFileError) as e:
+        print(f"lnt-admin: {e}", file=sys.stderr)
+        return 1
+    finally:
+        admin.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
