@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lnt.backends.database import DSN, SyncDatabase, result_of
 from lnt.backends.keys import CardKeyFile, KeyFileError, PlatformKeys
+from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.schema import migrate
 from lnt.records import AlreadyExists, PKICard
@@ -39,7 +42,9 @@ def parse_user_id(text: str) -> bytes:
     else:
         raw = text.encode("ascii")
     if len(raw) != 16:
-        raise argparse.ArgumentTypeError("user ID must be 16 bytes (16 ASCII chars or hex:32 digits)")
+        raise argparse.ArgumentTypeError(
+            "user ID must be 16 bytes (16 ASCII chars or hex:32 digits)"
+        )
     return raw
 
 
@@ -123,10 +128,19 @@ class Admin:
 
     def terminal_list(self, args: argparse.Namespace) -> None:
         cards = result_of(self.pki().cards())
-        print(f"{'PKI':>10}  {'user ID':<20} {'ver':>3}  status")
+        keys = self.keys(create=True)
+        sessions = result_of(SQLLedger(self.db(), keys.sealer()).sessions())  # type: ignore[arg-type]
+        now = time.time() * 1000
+        print(f"{'PKI':>10}  {'user ID':<18} {'ver':>3}  {'status':<8} session")
         for c in cards:
-            print(f"{c.pki_no:>10}  {show_user_id(c.user_id):<20} {c.key_version:>3}  "
-                  f"{c.status.value}")
+            serial, expires = sessions.get(c.pki_no, (None, 0))
+            if serial is None:
+                state = "-"
+            else:
+                until = datetime.fromtimestamp(expires / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+                state = f"{serial} {'live until' if expires > now else 'expired at'} {until}"
+            print(f"{c.pki_no:>10}  {show_user_id(c.user_id):<18} {c.key_version:>3}  "
+                  f"{c.status.value:<8} {state}")
 
     def plugin_cache(self, args: argparse.Namespace) -> None:
         from twisted.plugin import IPlugin, getPlugins

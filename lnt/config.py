@@ -62,7 +62,8 @@ def _convert(setting: Setting, raw: str) -> Any:
             raise ValueError(raw)
         value = setting.kind(raw)
     except ValueError:
-        raise ConfigError(f"{setting.name}: {raw!r} is not a valid {setting.kind.__name__}") from None
+        kind = setting.kind.__name__
+        raise ConfigError(f"{setting.name}: {raw!r} is not a valid {kind}") from None
     if setting.kind in (int, float) and value <= 0:
         raise ConfigError(f"{setting.name}: must be positive, not {raw}")
     return value

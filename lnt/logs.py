@@ -20,7 +20,6 @@ from twisted.logger import (
     LogLevel,
     formatEvent,
 )
-from twisted.logger._format import formatTraceback  # type: ignore[attr-defined]
 
 _PRIORITY = {
     LogLevel.debug: 7,
@@ -34,10 +33,7 @@ _PRIORITY = {
 def format_journal_event(event: LogEvent) -> str | None:
     text = formatEvent(event)
     if "log_failure" in event:
-        try:
-            text = f"{text}\n{formatTraceback(event['log_failure'])}"
-        except Exception:  # pragma: no cover - a broken failure must not stop logging
-            pass
+        text = f"{text}\n{event['log_failure'].getTraceback()}"
     if not text:
         return None
     level = event.get("log_level", LogLevel.info)

@@ -37,8 +37,8 @@ from lnt.backends.keys import PlatformKeys
 from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.schema import migrate
-from lnt.demo import provision
 from lnt.config import SETTINGS, ConfigError, read_ini, resolve
+from lnt.demo import provision
 from lnt.flows.base import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowRegistry
 from lnt.web.health import Health

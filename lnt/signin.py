@@ -240,7 +240,10 @@ class SessionKeys:
 
 
 def derive_keys(z: bytes, rc: bytes, serial: bytes, t: bytes) -> SessionKeys:
-    """HKDF-SHA256(Z, salt = Rc | S, info = L_KEYS | SHA-256(T)) -> 16-byte session key, 32-byte confirm key."""
+    """
+    HKDF-SHA256(Z, salt = Rc | S, info = L_KEYS | SHA-256(T)) -> a 16-byte session key and a
+    32-byte confirmation key.
+    """
     okm = HKDF(z, 48, rc + serial, SHA256, 1, LABEL_KEYS + sha256(t).digest())
     assert isinstance(okm, bytes)
     return SessionKeys(okm[:SESSION_KEY_SIZE], okm[SESSION_KEY_SIZE:])

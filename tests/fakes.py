@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from lnt.backends.keys import PlatformKeys, key_from_scalar
-from lnt.interfaces import ILedger, IPKI
+from lnt.flows.dispatch import DDServerFactory, DispatchProtocol
+from lnt.interfaces import IPKI, ILedger
 from lnt.records import AlreadyExists, CardStatus, PKICard, Session
+from lnt.wire import FrameDecoder, Response
 
 
 @implementer(IPKI)
@@ -99,3 +103,24 @@ class MemoryLedger:
 
     def close(self) -> None:
         pass
+
+
+class Conn:
+    def __init__(self, factory: DDServerFactory) -> None:
+        self.proto: DispatchProtocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.decoder = FrameDecoder(Response)
+
+    def send(self, data: bytes) -> list[Response]:
+        self.proto.dataReceived(data)
+        return self.responses()
+
+    def responses(self) -> list[Response]:
+        out = list(self.decoder.feed(self.transport.value()))
+        self.transport.clear()
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting)

@@ -21,6 +21,8 @@ from typing import Any
 from lnt.wire import NO_PKI, FrameDecoder, Request, Response
 
 ROOT = Path(__file__).resolve().parent.parent
+#: twistd of the interpreter running the tests
+TWISTD = [str(Path(sys.executable).with_name("twistd"))]
 USER = b"terminal-0000001"
 START_TIMEOUT = 60.0
 
@@ -83,7 +85,7 @@ class Daemon:
         env.update(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         argv = [
-            sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=",
+            *TWISTD, "--nodaemon", "--pidfile=",
             "--logfile=-", "lnt-recharge",
             "--data-dir", str(self.data_dir),
             "--flows", "tcp:0:interface=127.0.0.1",

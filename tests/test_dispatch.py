@@ -6,39 +6,16 @@ The same contract is checked over real TCP against a daemon process in test_daem
 from __future__ import annotations
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from lnt.flows.base import FlowContext, FlowSettings
-from lnt.flows.dispatch import DDServerFactory, DispatchProtocol, FlowConflict, FlowPlugin, FlowRegistry
-from lnt.wire import NO_PKI, FlowIndicator, FrameDecoder, InfoCode, Response
-from tests.fakes import MemoryLedger, MemoryPKI
+from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowPlugin, FlowRegistry
+from lnt.wire import NO_PKI, FlowIndicator, InfoCode
+from tests.fakes import Conn, MemoryLedger, MemoryPKI
 from tests.support import request
 
 SIGNIN = FlowPlugin("sign-in", 0xDD01, "lnt.flows.signin.SignInFlow")
 SETTINGS = FlowSettings(idle_timeout=30, flow_deadline=120, backend_timeout=10)
-
-
-class Conn:
-    def __init__(self, factory: DDServerFactory) -> None:
-        self.proto: DispatchProtocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        self.transport = StringTransport()
-        self.proto.makeConnection(self.transport)
-        self.decoder = FrameDecoder(Response)
-
-    def send(self, data: bytes) -> list[Response]:
-        self.proto.dataReceived(data)
-        return self.responses()
-
-    def responses(self) -> list[Response]:
-        out = list(self.decoder.feed(self.transport.value()))
-        self.transport.clear()
-        return out
-
-    @property
-    def closed(self) -> bool:
-        return bool(self.transport.disconnecting)
 
 
 @pytest.fixture

@@ -138,6 +138,15 @@ class SQLLedger:
 
         return self.db.runInteraction("record_signin", txn)
 
+    def sessions(self) -> Deferred[dict[int, tuple[str, int]]]:
+        """Every card's session, expired or not: pki_no -> (serial, expires_ms)."""
+
+        def txn(cur: Cursor) -> dict[int, tuple[str, int]]:
+            rows = cur.execute("SELECT pki_no, serial, expires_ms FROM sessions").fetchall()
+            return {int(p): (str(s), int(e)) for p, s, e in rows}
+
+        return self.db.runInteraction("sessions", txn)
+
     def signins(self, pki_no: int) -> Deferred[list[tuple[str, int]]]:
         """The card's sign-in attempts, oldest first: (outcome, at_ms)."""
 

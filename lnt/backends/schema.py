@@ -92,6 +92,11 @@ def _lock(cur: Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(7243001)")
 
 
+def _locked_version(cur: Cursor) -> int:
+    _lock(cur)
+    return current_version(cur)
+
+
 def _apply(cur: Cursor, version: int, script: str) -> bool:
     _lock(cur)
     if current_version(cur) >= version:
@@ -116,7 +121,7 @@ def migrate(
     conn = conn or dsn.connect()
     try:
         latest = migrations[-1][0]
-        found = run_transaction(dsn.engine, conn, "schema version", lambda c: (_lock(c), current_version(c))[1])
+        found = run_transaction(dsn.engine, conn, "schema version", _locked_version)
         if found > latest:
             raise SchemaTooNew(
                 f"ledger schema is version {found}, this daemon knows up to {latest}: "

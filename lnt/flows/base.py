@@ -30,7 +30,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lnt.interfaces import ILedger, IPKI
+from lnt.interfaces import IPKI, ILedger
+from lnt.records import Session
 from lnt.wire import (
     NO_PKI,
     ChecksumError,
@@ -142,7 +143,9 @@ class FlowProtocol(Protocol):
         self._arm_idle()
         return d
 
-    def finish(self, request: Request, code: InfoCode = InfoCode.SUCCESS, info: bytes = b"") -> None:
+    def finish(
+        self, request: Request, code: InfoCode = InfoCode.SUCCESS, info: bytes = b""
+    ) -> None:
         """Answer C{request} with "end of flow" and C{code}, then close."""
         self._send(request, FlowIndicator.END, code, info)
         self._close("finished")
@@ -162,6 +165,22 @@ class FlowProtocol(Protocol):
         d.addTimeout(self.settings.backend_timeout, self.context.clock)
         d.addErrback(timed_out)
         return d
+
+    async def require_session(self, request: Request) -> Session:
+        """
+        The live sign-in session of the request's PKI card, bound to its user ID; otherwise
+        the flow ends with BB (not signed in), and the terminal must sign in again.
+        """
+        session = await self.backend(
+            self.context.ledger.session(request.pki, self.context.now_ms()), "session"
+        )
+        if session is None or session.user_id != request.user_id:
+            raise FlowError(
+                InfoCode.NOT_SIGNED_IN,
+                f"no live session for PKI {request.pki} and this user ID",
+            )
+        self.pki = session.pki_no
+        return session
 
     def expect_info(self, request: Request, size: int, what: str) -> bytes:
         """The request's info if it has exactly C{size} bytes; else the flow ends with CC."""

@@ -263,7 +263,9 @@ class DDServerFactory(Factory):
         """
         if not self.connections:
             return defer.succeed(None)
-        log.info("waiting up to {grace}s for {n} running flows", grace=grace, n=len(self.connections))
+        log.info(
+            "waiting up to {grace}s for {n} running flows", grace=grace, n=len(self.connections)
+        )
         d: Deferred[None] = Deferred()
         self._drained.append(d)
         clock = self.context.clock

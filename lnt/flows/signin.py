@@ -101,7 +101,9 @@ class SignInFlow(FlowProtocol):
             keys = derive_keys(shared_secret(ours, a1.ephemeral), a1.card_random, serial_bcd, t)
         except SchemeError as e:
             await self._refuse(card.pki_no, user_id, str(e))
-        command = Login2Command(serial_bcd, ctx.pki.platform_sign(LABEL_2 + t), ephemeral_public(ours))
+        command = Login2Command(
+            serial_bcd, ctx.pki.platform_sign(LABEL_2 + t), ephemeral_public(ours)
+        )
         dd07 = await self.reply(dd05, command.encode(), expect=DD07)
         self._same_pki(dd07)
         a2 = Login2Answer.decode(self.expect_info(dd07, SIZE_DD07, "R_AC_LOGIN_2 answer"))

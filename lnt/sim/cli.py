@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (TerminalError, ConnectError, ConnectionError, OSError) as e:
             print(f"lnt-terminal: {e}", file=sys.stderr)
             outcome.append(EXIT_NETWORK)
-        except Exception as e:  # noqa: BLE001 - a CLI reports, it does not trace back
+        except Exception as e:
             print(f"lnt-terminal: {type(e).__name__}: {e}", file=sys.stderr)
             outcome.append(EXIT_NETWORK)
 

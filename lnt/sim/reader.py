@@ -132,8 +132,8 @@ class Reader:
         eph = ECC.generate(curve=CURVE)
         ec = ephemeral_public(eph)
         self._login1 = (rc, eph)
-        sig = sign(self.card.key,
-                   login1_signed(self.card.pki_no, self.card.user_id, self.card.key_version, rc, ec))
+        card = self.card
+        sig = sign(card.key, login1_signed(card.pki_no, card.user_id, card.key_version, rc, ec))
         return Login1Answer(rc, sig, ec, SW_OK).encode()
 
     def _login2_cmd(self, apdu: bytes) -> bytes:
