@@ -73,7 +73,7 @@ class Admin:
         return PlatformKeys.load(self.key_file)
 
     def pki(self) -> LedgerPKI:
-        return LedgerPKI(self.db(), self.keys(create=True))  # type: ignore[arg-type]
+        return LedgerPKI(self.db(), self.keys(create=True))
 
     def close(self) -> None:
         if self._db is not None:
@@ -129,7 +129,7 @@ class Admin:
     def terminal_list(self, args: argparse.Namespace) -> None:
         cards = result_of(self.pki().cards())
         keys = self.keys(create=True)
-        sessions = result_of(SQLLedger(self.db(), keys.sealer()).sessions())  # type: ignore[arg-type]
+        sessions = result_of(SQLLedger(self.db(), keys.sealer()).sessions())
         now = time.time() * 1000
         print(f"{'PKI':>10}  {'user ID':<18} {'ver':>3}  {'status':<8} session")
         for c in cards:
@@ -147,7 +147,7 @@ class Admin:
 
         import twisted.plugins
 
-        found = sorted({getattr(p, "name", None) or getattr(p, "tapname", "?")
+        found = sorted({str(getattr(p, "name", None) or getattr(p, "tapname", "?"))
                         for p in getPlugins(IPlugin, twisted.plugins)})
         print(f"plugin cache regenerated; {len(found)} plugins")
 

@@ -55,7 +55,7 @@ def provision(data_dir: Path, dsn: DSN, keys: PlatformKeys) -> dict[str, Any]:
 
 
 def _terminal(data_dir: Path, db: SyncDatabase, keys: PlatformKeys) -> dict[str, Any]:
-    pki = LedgerPKI(db, keys)  # type: ignore[arg-type]
+    pki = LedgerPKI(db, keys)
     key_path = data_dir / "demo-terminal-key.json"
     if key_path.exists():
         card_key = CardKeyFile.load(key_path)

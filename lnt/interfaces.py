@@ -38,7 +38,7 @@ class IFlow(Interface):
     first_header: int = Attribute("Header of the flow's first request stage, e.g. C{0xDD01}.")
     description: str = Attribute("One line saying what the flow does.")
 
-    def buildProtocol(context: FlowContext) -> IProtocol:  # type: ignore[misc]
+    def buildProtocol(context: FlowContext) -> IProtocol:
         """
         A new protocol for one connection. It receives C{makeConnection} and then every byte
         of the connection, starting with its first frame.
@@ -54,25 +54,25 @@ class IPKI(Interface):
     between that card and the platform (docs/protocol.rst, "Sign-in").
     """
 
-    def platform_public_key() -> bytes:  # type: ignore[misc]
+    def platform_public_key() -> bytes:
         """The platform's public key, 64 bytes (X || Y)."""
 
-    def platform_sign(data: bytes) -> bytes:  # type: ignore[misc]
+    def platform_sign(data: bytes) -> bytes:
         """The platform's signature over C{data}: 64 bytes (r || s), ECDSA P-256 / SHA-256."""
 
-    def lookup(pki_no: int) -> Deferred[PKICard | None]:  # type: ignore[misc]
+    def lookup(pki_no: int) -> Deferred[PKICard | None]:
         """The card registered under C{pki_no}, or C{None} if there is none."""
 
-    def register(card: PKICard) -> Deferred[None]:  # type: ignore[misc]
+    def register(card: PKICard) -> Deferred[None]:
         """
         Register a new card. Errbacks with L{lnt.records.AlreadyExists} if the number is
         taken.
         """
 
-    def revoke(pki_no: int) -> Deferred[bool]:  # type: ignore[misc]
+    def revoke(pki_no: int) -> Deferred[bool]:
         """Mark the card revoked and end its session; C{False} if there is no such card."""
 
-    def cards() -> Deferred[list[PKICard]]:  # type: ignore[misc]
+    def cards() -> Deferred[list[PKICard]]:
         """Every registered card, by number."""
 
 
@@ -83,19 +83,19 @@ class ILedger(Interface):
     after that.
     """
 
-    def health() -> Deferred[dict[str, object]]:  # type: ignore[misc]
+    def health() -> Deferred[dict[str, object]]:
         """
         C{{"engine": ..., "schema_version": N}} after a round trip to the database; errbacks
         if the database cannot be reached.
         """
 
-    def next_serial(pki_no: int, now_ms: int) -> Deferred[str]:  # type: ignore[misc]
+    def next_serial(pki_no: int, now_ms: int) -> Deferred[str]:
         """
         Allocate a handshake serial (16 decimal digits) for a sign-in of this card in
         progress. Serials are never reused, also across daemons sharing a database.
         """
 
-    def note_card_random(  # type: ignore[misc]
+    def note_card_random(
         pki_no: int, card_random: bytes, now_ms: int
     ) -> Deferred[bool]:
         """
@@ -103,7 +103,7 @@ class ILedger(Interface):
         answer is a replay).
         """
 
-    def open_session(  # type: ignore[misc]
+    def open_session(
         pki_no: int,
         user_id: bytes,
         serial: str,
@@ -118,16 +118,16 @@ class ILedger(Interface):
         and the new session replaces any older one of the card.
         """
 
-    def session(pki_no: int, now_ms: int) -> Deferred[Session | None]:  # type: ignore[misc]
+    def session(pki_no: int, now_ms: int) -> Deferred[Session | None]:
         """The card's session if there is one and it has not expired at C{now_ms}."""
 
-    def session_by_serial(serial: str, now_ms: int) -> Deferred[Session | None]:  # type: ignore[misc]
+    def session_by_serial(serial: str, now_ms: int) -> Deferred[Session | None]:
         """The live session with this handshake serial (16 digits), if any."""
 
-    def record_signin(  # type: ignore[misc]
+    def record_signin(
         pki_no: int | None, user_id: bytes, outcome: str, now_ms: int
     ) -> Deferred[None]:
         """Append a sign-in attempt to the audit log (outcome: C{"ok"} or why it failed)."""
 
-    def close() -> None:  # type: ignore[misc]
+    def close() -> None:
         """Release the database connections; pending transactions finish first."""

@@ -21,10 +21,10 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -77,7 +77,9 @@ class Options(usage.Options):
 class ListenerService(Service):
     """Binds one endpoint at privileged start (so a bind failure stops twistd at once)."""
 
-    def __init__(self, name: str, description: str, factory: Factory, reactor: Any) -> None:
+    def __init__(
+        self, name: str, description: str, factory: IProtocolFactory, reactor: Any
+    ) -> None:
         self.setName(name)
         self.description = description
         self.factory = factory
@@ -105,13 +107,14 @@ class ListenerService(Service):
         port, self.port = self.port, None
         if port is None:
             return defer.succeed(None)
-        return defer.maybeDeferred(port.stopListening)
+        stopped = port.stopListening()
+        return stopped if isinstance(stopped, Deferred) else defer.succeed(None)
 
     def address(self) -> dict[str, Any] | None:
         if self.port is None:
             return None
         host = self.port.getHost()
-        if hasattr(host, "port"):
+        if isinstance(host, IPv4Address | IPv6Address):
             return {"host": host.host, "port": host.port}
         return {"address": str(host)}
 
@@ -138,8 +141,8 @@ class RechargeService(MultiService):
     def startService(self) -> None:
         self.db.start()
         super().startService()
-        listening = {
-            s.name: s.address() for s in self if isinstance(s, ListenerService)
+        listening: dict[str, Any] = {
+            str(s.name): s.address() for s in self if isinstance(s, ListenerService)
         }
         listening["pid"] = os.getpid()
         path = self.data_dir / "listening.json"

@@ -281,7 +281,7 @@ class FrameDecoder(Generic[F]):
     """
 
     def __init__(self, kind: type[F]) -> None:
-        self._kind = kind
+        self._kind: type[F] = kind
         self._min = kind.FIXED
         self._max = kind.FIXED + MAX_INFO
         self._buffer = b""

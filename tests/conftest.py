@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,7 @@ from tests.support import Daemon
 
 
 @pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-type]
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Start real daemons in tmp_path; every one is stopped at the end of the test."""
     started: list[Daemon] = []
 
@@ -27,8 +27,8 @@ def daemon_factory(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-
 
 
 @pytest.fixture
-def daemon(daemon_factory) -> Daemon:  # type: ignore[no-untyped-def]
-    return daemon_factory()  # type: ignore[no-any-return]
+def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
+    return daemon_factory()
 
 
 def postgres_dsn() -> str | None:

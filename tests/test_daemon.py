@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -24,9 +25,10 @@ from tests.support import TWISTD, USER, Daemon, exchange, one_response, read_res
 pytestmark = pytest.mark.slow
 
 
-def http_get(url: str, timeout: float = 10, context: object = None) -> tuple[int, dict]:
+def http_get(url: str, timeout: float = 10, context: ssl.SSLContext | None = None
+             ) -> tuple[int, dict]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as r:  # type: ignore[arg-type]
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -65,7 +67,7 @@ def test_wire_contract_over_tcp(daemon: Daemon) -> None:
     assert responses == [] and closed
 
 
-def test_idle_timeout_closes(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+def test_idle_timeout_closes(daemon_factory) -> None:
     d = daemon_factory("--idle-timeout", "1")
     with socket.create_connection(("127.0.0.1", d.flows_port), timeout=10) as s:
         s.sendall(request(0xDD01)[:7])
@@ -75,7 +77,7 @@ def test_idle_timeout_closes(daemon_factory) -> None:  # type: ignore[no-untyped
         assert 0.8 < time.monotonic() - start < 5
 
 
-def test_connection_limit(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+def test_connection_limit(daemon_factory) -> None:
     d = daemon_factory("--max-connections", "1")
     with socket.create_connection(("127.0.0.1", d.flows_port), timeout=10) as first:
         first.sendall(request(0xDD01))
@@ -119,7 +121,7 @@ def test_first_start_creates_data_dir_and_sigterm_stops_cleanly(daemon: Daemon) 
     assert not (data / "listening.json").exists()
 
 
-def test_shutdown_grace_aborts_stuck_flows(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+def test_shutdown_grace_aborts_stuck_flows(daemon_factory) -> None:
     d = daemon_factory("--shutdown-grace", "1", "--idle-timeout", "60")
     s = socket.create_connection(("127.0.0.1", d.flows_port), timeout=10)
     s.sendall(request(0xDD01))
@@ -131,7 +133,7 @@ def test_shutdown_grace_aborts_stuck_flows(daemon_factory) -> None:  # type: ign
     s.close()
 
 
-def test_restart_keeps_ledger_and_keys(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+def test_restart_keeps_ledger_and_keys(daemon_factory) -> None:
     d = daemon_factory()
     key = (d.data_dir / "platform-key.json").read_text()
     d.stop()
@@ -140,7 +142,7 @@ def test_restart_keeps_ledger_and_keys(daemon_factory) -> None:  # type: ignore[
     assert http_get(d.http_url + "/health")[0] == 200
 
 
-def test_config_file_and_command_line_precedence(tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+def test_config_file_and_command_line_precedence(tmp_path: Path, daemon_factory) -> None:
     ini = tmp_path / "lnt.ini"
     ini.write_text(textwrap.dedent("""\
         [lnt-recharge]
@@ -193,7 +195,7 @@ def test_help_explains_options() -> None:
         assert option in out.stdout
 
 
-def test_journal_logger_has_no_timestamps(daemon_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_journal_logger_has_no_timestamps(daemon_factory, tmp_path: Path) -> None:
     data = tmp_path / "j"
     argv = [*TWISTD, "--nodaemon", "--pidfile=",
             "--logger", "lnt.logs.journal_observer", "lnt-recharge", "--data-dir", str(data),
@@ -238,9 +240,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
-def test_tls_endpoints(tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
-    import ssl
-
+def test_tls_endpoints(tmp_path: Path, daemon_factory) -> None:
     key, cert = _self_signed(tmp_path)
     tls = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
     d = daemon_factory("--flows", tls, "--http", tls)
@@ -248,7 +248,7 @@ def test_tls_endpoints(tmp_path: Path, daemon_factory) -> None:  # type: ignore[
     with socket.create_connection(("127.0.0.1", d.flows_port), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as s:
         s.sendall(request(0xDD01))
-        r = one_response(s)  # type: ignore[arg-type]
+        r = one_response(s)
         assert (r.header, r.code, r.info) == (0xDD02, 0, bytes.fromhex("BB10000000"))
     status, body = http_get(f"https://localhost:{d.http_port}/health", context=ctx)
     assert status == 200 and body["status"] == "ok"
@@ -275,7 +275,7 @@ def test_systemd_socket_activation_with_named_descriptors(tmp_path: Path) -> Non
     try:
         deadline = time.monotonic() + 60
         while not (data / "listening.json").exists():
-            assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
+            assert proc.poll() is None, proc.communicate()[0].decode()
             assert time.monotonic() < deadline
             time.sleep(0.05)
         [r], _ = exchange(flows.getsockname()[1], request(0xDD03, step=0))
@@ -309,7 +309,7 @@ echo = FlowPlugin("echo", 0xDD91, "echo_flow_plugin.EchoFlow", "reverses its inf
 '''
 
 
-def test_third_party_flow_plugin_from_plugin_path(tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+def test_third_party_flow_plugin_from_plugin_path(tmp_path: Path, daemon_factory) -> None:
     extra = tmp_path / "extra"
     (extra / "twisted" / "plugins").mkdir(parents=True)
     (extra / "twisted" / "plugins" / "echo_flow_plugin.py").write_text(ECHO_PLUGIN)
@@ -325,7 +325,7 @@ def test_third_party_flow_plugin_from_plugin_path(tmp_path: Path, daemon_factory
     assert r.header == 0xDD02 and r.code == 0
 
 
-def test_conflicting_flow_plugin_stops_start(tmp_path: Path, daemon_factory) -> None:  # type: ignore[no-untyped-def]
+def test_conflicting_flow_plugin_stops_start(tmp_path: Path, daemon_factory) -> None:
     extra = tmp_path / "extra"
     (extra / "twisted" / "plugins").mkdir(parents=True)
     (extra / "twisted" / "plugins" / "clash.py").write_text(

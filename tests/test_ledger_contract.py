@@ -30,7 +30,7 @@ USER = b"terminal-0000001"
 
 
 def _postgres(schema: str) -> str:
-    base = postgres_dsn()
+    base = postgres_dsn() or ""
     try:
         import psycopg2
 
@@ -145,7 +145,8 @@ async def test_pki_cards(stores: tuple[SQLLedger, LedgerPKI]) -> None:
     with pytest.raises(ValueError):
         await pki.register(PKICard(5, USER, bytes(64), 1))  # not a curve point
     assert await pki.revoke(c.pki_no) is True
-    assert (await pki.lookup(c.pki_no)).status is CardStatus.REVOKED  # type: ignore[union-attr]
+    revoked = await pki.lookup(c.pki_no)
+    assert revoked is not None and revoked.status is CardStatus.REVOKED
     assert await pki.revoke(424242) is False
     await pki.register(card(7))
     assert [x.pki_no for x in await pki.cards()] == [7, 1001]
@@ -229,7 +230,7 @@ def test_property_session_accepted_iff_counter_increases(tmp_path: Path,
     dsn = DSN.parse(f"sqlite://{tmp_path / uuid.uuid4().hex}.db")
     migrate(dsn)
     db = SyncDatabase(dsn)
-    ledger, pki = SQLLedger(db, KEYS.sealer()), LedgerPKI(db, KEYS)  # type: ignore[arg-type]
+    ledger, pki = SQLLedger(db, KEYS.sealer()), LedgerPKI(db, KEYS)
     result_of(pki.register(card(1)))
     best, accepted = 0, ""
     for i, c in enumerate(counters):

@@ -22,7 +22,7 @@ from lnt.signin import SW_OK, Login2Answer, login3_signed, transcript
 from lnt.sim.reader import Reader
 from lnt.wire import InfoCode, Request, Response, response_header
 from tests.fakes import Conn, MemoryLedger, MemoryPKI
-from tests.support import USER, request
+from tests.support import USER, Daemon, request
 
 PKI = 70000472
 
@@ -198,7 +198,8 @@ def test_failed_key_confirmation(platform: Platform) -> None:
         """Signs correctly but derives another session key."""
 
         def _login2_cmd(self, apdu: bytes) -> bytes:
-            rc, eph = self._login1  # type: ignore[misc]
+            assert self._login1 is not None
+            rc, eph = self._login1
             good = Login2Answer.decode(super()._login2_cmd(apdu))
             wrong = replace(good, confirm=bytes(16))
             t = transcript(PKI, USER, 1, rc, public_raw(eph), good.serial, apdu[-64:])
@@ -299,7 +300,7 @@ def cli(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_signin_end_to_end_and_session_survives_restart(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+def test_signin_end_to_end_and_session_survives_restart(daemon_factory) -> None:
     d = daemon_factory()
     out = cli("lnt-terminal", "--data-dir", str(d.data_dir), "signin")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -320,7 +321,7 @@ def test_signin_end_to_end_and_session_survives_restart(daemon_factory) -> None:
 
 
 @pytest.mark.slow
-def test_signin_refused_end_to_end(daemon_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_signin_refused_end_to_end(daemon_factory, tmp_path: Path) -> None:
     d = daemon_factory()
     data = str(d.data_dir)
     # a terminal registered by the operator, then revoked
@@ -349,8 +350,8 @@ def test_signin_refused_end_to_end(daemon_factory, tmp_path: Path) -> None:  # t
 
 
 @pytest.mark.slow
-def test_terminal_cli_network_errors(tmp_path: Path, daemon: object) -> None:
-    data = daemon.data_dir  # type: ignore[attr-defined]
+def test_terminal_cli_network_errors(tmp_path: Path, daemon: Daemon) -> None:
+    data = daemon.data_dir
     out = cli("lnt-terminal", "--data-dir", str(data), "--flows", "127.0.0.1:1", "signin")
     assert out.returncode == 3 and "refused" in out.stderr.lower()
     out = cli("lnt-terminal", "--data-dir", str(tmp_path / "empty"), "signin")

@@ -99,7 +99,7 @@ def test_bad_crc_is_a_checksum_error_with_address() -> None:
         (lambda f: f[:3] + b"\xff\xff" + f[5:], "length 65535"),
     ],
 )
-def test_framing_errors(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_framing_errors(mutate, message: str) -> None:
     frame = Request(0xDD01, USER, 0, NO_PKI, b"").encode()
     with pytest.raises(FramingError, match=message):
         list(FrameDecoder(Request).feed(mutate(frame)))

@@ -250,6 +250,24 @@ def run_transaction(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class Transactor(Protocol):
+    """What the ledger needs of a database: L{Database} in the daemon, L{SyncDatabase} in tools."""
+
+    engine: Engine
+
+    def runInteraction(
+        self,
+        desc: str,
+        func: Callable[Concatenate[Cursor, P], R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Deferred[R]: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Database:
     """The ledger's connection pool: every transaction runs in a pool thread."""
 
@@ -298,8 +316,11 @@ class SyncDatabase:
     ) -> Deferred[R]:
         from twisted.internet import defer
 
-        return defer.maybeDeferred(run_transaction, self.engine, self._conn, desc, func, *args,
-                                   **kwargs)
+        try:
+            result = run_transaction(self.engine, self._conn, desc, func, *args, **kwargs)
+        except Exception:
+            return defer.fail()
+        return defer.succeed(result)
 
     def start(self) -> None:
         pass

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from lnt.backends.database import Cursor, Database
+from lnt.backends.database import Cursor, Transactor
 from lnt.backends.keys import Sealer
 from lnt.backends.schema import current_version
 from lnt.interfaces import ILedger
@@ -25,7 +25,7 @@ SERIAL_DIGITS = 16
 
 @implementer(ILedger)
 class SQLLedger:
-    def __init__(self, db: Database, sealer: Sealer) -> None:
+    def __init__(self, db: Transactor, sealer: Sealer) -> None:
         self.db = db
         self._sealer = sealer
 

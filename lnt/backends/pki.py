@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from lnt.backends.database import Cursor, Database
+from lnt.backends.database import Cursor, Transactor
 from lnt.backends.keys import PlatformKeys, public_from_raw
 from lnt.interfaces import IPKI
 from lnt.records import AlreadyExists, CardStatus, PKICard
@@ -26,7 +26,7 @@ def _card(row: tuple[Any, ...]) -> PKICard:
 
 @implementer(IPKI)
 class LedgerPKI:
-    def __init__(self, db: Database, keys: PlatformKeys) -> None:
+    def __init__(self, db: Transactor, keys: PlatformKeys) -> None:
         self.db = db
         self._keys = keys
 

@@ -19,9 +19,9 @@ Timeouts (all on C{context.clock}, so tests drive them with L{twisted.internet.t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
@@ -150,12 +150,12 @@ class FlowProtocol(Protocol):
         self._send(request, FlowIndicator.END, code, info)
         self._close("finished")
 
-    def backend(self, work: Awaitable[T] | Deferred[T], what: str) -> Deferred[T]:
+    def backend(self, work: Coroutine[Any, Any, T] | Deferred[T], what: str) -> Deferred[T]:
         """
         C{work} (a backend call) with the backend timeout: if it has not fired in time the
         flow ends with DD (system busy). C{what} names the call in the log.
         """
-        d: Deferred[T] = defer.ensureDeferred(work) if not isinstance(work, Deferred) else work
+        d: Deferred[T] = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
 
         def timed_out(f: Failure) -> Failure:
             if f.check(defer.TimeoutError):

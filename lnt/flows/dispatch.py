@@ -104,9 +104,6 @@ class FlowRegistry:
     def get(self, header: int) -> IFlow | None:
         return self._by_header.get(header)
 
-    def __iter__(self) -> Iterable[IFlow]:  # type: ignore[override]
-        return iter(sorted(self._by_header.values(), key=lambda f: f.first_header))
-
     def flows(self) -> list[IFlow]:
         return sorted(self._by_header.values(), key=lambda f: f.first_header)
 
@@ -238,7 +235,7 @@ class DDServerFactory(Factory):
         self.connections: set[DispatchProtocol] = set()
         self._drained: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: IAddress) -> DispatchProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> DispatchProtocol:  # type: ignore[override]
         busy = len(self.connections) >= self.max_connections
         if busy:
             log.warn(
