@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 
 from lnt.wire import NO_PKI, FlowIndicator, InfoCode
-from tests.support import TWISTD, USER, Daemon, exchange, one_response, read_responses, request
+from tests.support import (
+    ROOT,
+    TWISTD,
+    USER,
+    Daemon,
+    exchange,
+    one_response,
+    read_responses,
+    request,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -291,37 +300,43 @@ def test_systemd_socket_activation_with_named_descriptors(tmp_path: Path) -> Non
 
 # -- a third-party flow plugin ----------------------------------------------------------------
 
-ECHO_PLUGIN = '''
-"""A third-party flow: DD91 echo -> DD92 with the info reversed."""
-from lnt.flows.base import FlowProtocol
-from lnt.flows.dispatch import FlowPlugin
-from lnt.wire import Request
-
-
-class EchoFlow(FlowProtocol):
-    name = "echo"
-
-    async def run(self, first: Request) -> None:
-        self.finish(first, info=first.info[::-1])
-
-
-echo = FlowPlugin("echo", 0xDD91, "echo_flow_plugin.EchoFlow", "reverses its info")
-'''
+def readme_flow_example() -> str:
+    """The complete flow example of README.rst's "Writing a flow", verbatim."""
+    text = (ROOT / "README.rst").read_text()
+    section = text[text.index("Writing a flow\n=============="):]
+    marker = ".. code-block:: python\n\n"
+    block = section[section.index(marker) + len(marker):]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return "\n".join(lines).strip() + "\n"
 
 
 def test_third_party_flow_plugin_from_plugin_path(tmp_path: Path, daemon_factory) -> None:
     extra = tmp_path / "extra"
     (extra / "twisted" / "plugins").mkdir(parents=True)
-    (extra / "twisted" / "plugins" / "echo_flow_plugin.py").write_text(ECHO_PLUGIN)
-    # the module named by the plugin's dotted path lives beside it on sys.path
-    (extra / "echo_flow_plugin.py").write_text(ECHO_PLUGIN)
+    (extra / "twisted" / "plugins" / "echo_flow.py").write_text(readme_flow_example())
     pythonpath = os.pathsep.join([str(extra), os.environ.get("PYTHONPATH", "")])
     d = daemon_factory(env={"PYTHONPATH": pythonpath})
     assert "flow echo starts with DD91" in d.log()
+    # not signed in: BB
     [r], closed = exchange(d.flows_port, request(0xDD91, b"abc", step=0))
+    assert (r.header, r.flow, r.code) == (0xDD92, 0xFF, InfoCode.NOT_SIGNED_IN) and closed
+    # signed in with the simulator: the echo
+    out = subprocess.run([str(Path(sys.executable).with_name("lnt-terminal")), "--data-dir",
+                          str(d.data_dir), "signin"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    demo = json.loads((d.data_dir / "demo.json").read_text())["terminal"]
+    user = demo["user_id"].encode()
+    [r], closed = exchange(d.flows_port, request(0xDD91, b"abc", step=0, user=user,
+                                                 pki=demo["pki_no"]))
     assert (r.header, r.flow, r.code, r.info) == (0xDD92, 0xFF, 0, b"cba") and closed
+    [r], _ = exchange(d.flows_port, request(0xDD91, b"", step=0, user=user, pki=demo["pki_no"]))
+    assert r.code == InfoCode.READER_BAD_LENGTH
     # the built-in flows are still there
-    [r], _ = exchange(d.flows_port, request(0xDD01) )
+    [r], _ = exchange(d.flows_port, request(0xDD01))
     assert r.header == 0xDD02 and r.code == 0
 
 
@@ -334,3 +349,11 @@ def test_conflicting_flow_plugin_stops_start(tmp_path: Path, daemon_factory) -> 
     d = Daemon(tmp_path / "c", [], {"PYTHONPATH": str(extra)})
     with pytest.raises(RuntimeError, match="both start with DD01"):
         d.start()
+
+
+def test_example_config_is_valid() -> None:
+    from lnt.config import read_ini, resolve
+
+    settings = resolve({}, read_ini(ROOT / "etc" / "lnt.ini"))
+    assert settings["flows"] == "systemd:domain=INET:name=flows"
+    assert settings["demo"] is False
