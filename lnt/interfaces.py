@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IProtocol
 
     from lnt.flows.base import FlowContext
-    from lnt.records import PKICard, Session
+    from lnt.records import CPULoad, PKICard, Session
 
 
 class IFlow(Interface):
@@ -74,6 +74,31 @@ class IPKI(Interface):
 
     def cards() -> Deferred[list[PKICard]]:
         """Every registered card, by number."""
+
+
+class ICoreModule(Interface):
+    """
+    The platform's security module: it holds the card issuer's master keys and computes what
+    only the issuer may compute. The shipped implementation keeps its keys in a key file; a
+    hardware module is another implementation of this interface (hence Deferreds).
+
+    No method ever returns a master key or a card's diversified load key; M1 sector keys leave
+    it only to be wrapped at once in the terminal session's protection.
+    """
+
+    def authorize_cpu_load(load: CPULoad) -> Deferred[bytes]:
+        """
+        Verify MAC1 of a CPU card's INITIALIZE FOR LOAD answer with the session key derived from
+        the card's load key, and return MAC2 (4 bytes) for CREDIT FOR LOAD. Errbacks with
+        L{lnt.records.MACError} when MAC1 is wrong: there is never a MAC2 without a verified
+        MAC1.
+        """
+
+    def verify_cpu_tac(load: CPULoad, new_balance: int, tac: bytes) -> Deferred[bool]:
+        """Whether C{tac} is the card's transaction certificate for this completed load."""
+
+    def m1_sector_keys(physical_no: bytes, sectors: list[int]) -> Deferred[dict[int, bytes]]:
+        """The 6-byte keys of an M1 card's purse sectors, diversified with its serial."""
 
 
 class ILedger(Interface):

@@ -36,6 +36,34 @@ class PKICard:
         return self.status is CardStatus.ACTIVE
 
 
+class MACError(Exception):
+    """A card's MAC (MAC1, TAC) does not verify: the card or the message is not genuine."""
+
+
+@dataclass(frozen=True)
+class CPULoad:
+    """
+    One PBOC purse load (圈存) as the core module sees it: the card's INITIALIZE FOR LOAD answer
+    and what the platform adds (docs/protocol.rst, "Recharge").
+    """
+
+    #: the card's application serial, 8 bytes: what the card's load key is diversified with
+    card_serial: bytes
+    key_index: int
+    amount: int
+    #: 6 bytes
+    terminal_id: bytes
+    old_balance: int
+    online_serial: int
+    key_version: int
+    algorithm: int
+    #: 4 bytes drawn by the card
+    random: bytes = field(repr=False)
+    mac1: bytes = field(repr=False)
+    #: date (4, BCD YYYYMMDD) and time (3, BCD hhmmss) of the load
+    when: bytes = b""
+
+
 @dataclass(frozen=True)
 class Session:
     """A completed sign-in: what later flows and the order API check."""

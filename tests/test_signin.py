@@ -356,3 +356,21 @@ def test_terminal_cli_network_errors(tmp_path: Path, daemon: Daemon) -> None:
     assert out.returncode == 3 and "refused" in out.stderr.lower()
     out = cli("lnt-terminal", "--data-dir", str(tmp_path / "empty"), "signin")
     assert out.returncode == 2 and "no terminal" in out.stderr
+
+
+def test_admin_platform_key(tmp_path: Path) -> None:
+    data = str(tmp_path / "adm")
+    created = cli("lnt-admin", "--data-dir", data, "key", "create")
+    assert created.returncode == 0 and "platform public key: " in created.stdout
+    public = created.stdout.split("platform public key: ")[1].strip()
+    assert len(bytes.fromhex(public)) == 64
+    shown = cli("lnt-admin", "--data-dir", data, "key", "show")
+    assert shown.stdout.strip() == f"platform public key: {public}"
+    assert "PRIVATE" not in shown.stdout + created.stdout
+    again = cli("lnt-admin", "--data-dir", data, "key", "create")
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+    (tmp_path / "adm" / "platform-key.json").chmod(0o644)
+    loose = cli("lnt-admin", "--data-dir", data, "key", "show")
+    assert loose.returncode == 1 and "chmod 600" in loose.stderr
+    missing = cli("lnt-admin", "--data-dir", str(tmp_path / "none"), "key", "show")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
