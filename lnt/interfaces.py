@@ -21,7 +21,16 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IProtocol
 
     from lnt.flows.base import FlowContext
-    from lnt.records import CPULoad, PKICard, Session
+    from lnt.records import (
+        CardIdentity,
+        CPULoad,
+        Order,
+        OrderState,
+        Payment,
+        PKICard,
+        Platform,
+        Session,
+    )
 
 
 class IFlow(Interface):
@@ -74,6 +83,9 @@ class IPKI(Interface):
 
     def cards() -> Deferred[list[PKICard]]:
         """Every registered card, by number."""
+
+    def card_for_user(user_id: bytes) -> Deferred[PKICard | None]:
+        """The active card bound to this user ID, if any."""
 
 
 class ICoreModule(Interface):
@@ -153,6 +165,43 @@ class ILedger(Interface):
         pki_no: int | None, user_id: bytes, outcome: str, now_ms: int
     ) -> Deferred[None]:
         """Append a sign-in attempt to the audit log (outcome: C{"ok"} or why it failed)."""
+
+    def platform(platform_no: int) -> Deferred[Platform | None]:
+        """The third-party platform with this number, if registered."""
+
+    def register_payment(
+        platform_no: int, biz_serial_no: str, money: int, user_id: str, pki_no: int,
+        fingerprint: str, now_ms: int,
+    ) -> Deferred[tuple[Payment, bool]]:
+        """
+        Record that a platform collected C{money} under C{biz_serial_no}, and post it to the
+        journal; (payment, created). A repeat with the same C{fingerprint} (a digest of the
+        request's fields) returns the first payment and posts nothing; with another, errbacks
+        with L{lnt.records.Conflict}.
+        """
+
+    def create_order(
+        platform_no: int, biz_serial_no: str, pki_no: int, card: CardIdentity, amount: int,
+        now_ms: int,
+    ) -> Deferred[tuple[Order, bool]]:
+        """
+        The recharge order for a paid C{biz_serial_no}: a new 20-digit order number, or the
+        existing order when repeated for the same card and amount; (order, created).
+        Errbacks with L{lnt.records.NotFound} (no such payment) or L{lnt.records.Conflict}
+        (amount differs from the payment, or the order is for another card).
+        """
+
+    def order(order_no: str) -> Deferred[Order | None]:
+        """The order with this number, if any."""
+
+    def orders_for_card(
+        logical_no: str, since_ms: int | None, until_ms: int | None,
+        states: list[OrderState] | None, order_no: str | None,
+    ) -> Deferred[list[Order]]:
+        """A card's orders, oldest first, filtered (at most 500)."""
+
+    def balances() -> Deferred[dict[str, int]]:
+        """Every journal account's balance, derived from the postings."""
 
     def close() -> None:
         """Release the database connections; pending transactions finish first."""

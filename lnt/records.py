@@ -36,6 +36,83 @@ class PKICard:
         return self.status is CardStatus.ACTIVE
 
 
+class CardKind(StrEnum):
+    CPU = "cpu"
+    M1 = "m1"
+
+
+@dataclass(frozen=True)
+class CardIdentity:
+    kind: CardKind
+    #: 16 decimal digits
+    logical_no: str
+    #: 16 hex digits (M1: the 4-byte UID left-padded with zero bytes)
+    physical_no: str
+    #: the purse balance the card reported (CPU cards; None for M1)
+    balance: int | None
+
+
+class Conflict(Exception):
+    """An idempotency key (biz_serial_no, orderId) reused with different fields."""
+
+
+class NotFound(Exception):
+    """What the request refers to does not exist."""
+
+
+@dataclass(frozen=True)
+class Platform:
+    """A third-party platform of the order API (the source document's appendix 1)."""
+
+    platform_no: int
+    name: str
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class Payment:
+    """
+    What APPLLogin (type 5) records: the third party collected C{money} fen for a recharge and
+    identifies it by C{biz_serial_no} (the reconciliation key).
+    """
+
+    platform_no: int
+    biz_serial_no: str
+    money: int
+    user_id: str
+    pki_no: int
+    created_ms: int
+
+
+class OrderState(StrEnum):
+    #: paid by the third party, waiting for a terminal to load it
+    CREATED = "created"
+    #: a load is in progress: MAC2 (or the M1 write) may have reached the card
+    PENDING = "pending"
+    #: the card's TAC (or M1 read-back) proved the load; final
+    LOADED = "loaded"
+    #: the load provably did not happen and never will (冲正); final
+    REVERSED = "reversed"
+
+
+@dataclass(frozen=True)
+class Order:
+    """A recharge order: an amount for one card, used at most once."""
+
+    #: 20 decimal digits: YYYYMMDD and a 12-digit sequence
+    order_no: str
+    platform_no: int
+    biz_serial_no: str
+    pki_no: int
+    card_kind: CardKind
+    logical_no: str
+    physical_no: str
+    amount: int
+    state: OrderState
+    created_ms: int
+    updated_ms: int
+
+
 class MACError(Exception):
     """A card's MAC (MAC1, TAC) does not verify: the card or the message is not genuine."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from lnt.backends.schema import LATEST
 from lnt.wire import NO_PKI, FlowIndicator, InfoCode
 from tests.support import (
     ROOT,
@@ -99,7 +100,7 @@ def test_health(daemon: Daemon) -> None:
     status, body = http_get(daemon.http_url + "/health")
     assert status == 200
     assert body["status"] == "ok"
-    assert body["ledger"] == {"reachable": True, "engine": "sqlite", "schema_version": 1}
+    assert body["ledger"] == {"reachable": True, "engine": "sqlite", "schema_version": LATEST}
     status, body = http_get(daemon.http_url + "/nope")
     assert status == 404 and body == {"error": "no such resource: /nope"}
 

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from lnt.flows.base import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowPlugin, FlowRegistry
 from lnt.wire import NO_PKI, FlowIndicator, InfoCode
-from tests.fakes import Conn, MemoryLedger, MemoryPKI
+from tests.fakes import Conn, SyncBackends
 from tests.support import request
 
 SIGNIN = FlowPlugin("sign-in", 0xDD01, "lnt.flows.signin.SignInFlow")
@@ -25,8 +25,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 def factory(clock: Clock) -> DDServerFactory:
-    pki = MemoryPKI()
-    ctx = FlowContext(ledger=MemoryLedger(pki), pki=pki, clock=clock, settings=SETTINGS)
+    b = SyncBackends()
+    ctx = FlowContext(ledger=b.ledger, pki=b.pki, clock=clock, settings=SETTINGS)
     return DDServerFactory(FlowRegistry([SIGNIN]), ctx, max_connections=2)
 
 
@@ -129,8 +129,8 @@ def test_idle_timeout_within_flow(factory: DDServerFactory, clock: Clock) -> Non
 
 
 def test_flow_deadline(clock: Clock) -> None:
-    pki = MemoryPKI()
-    ctx = FlowContext(ledger=MemoryLedger(pki), pki=pki, clock=clock,
+    b = SyncBackends()
+    ctx = FlowContext(ledger=b.ledger, pki=b.pki, clock=clock,
                       settings=FlowSettings(idle_timeout=100, flow_deadline=50))
     c = Conn(DDServerFactory(FlowRegistry([SIGNIN]), ctx, 5))
     c.send(request(0xDD01))

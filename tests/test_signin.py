@@ -10,18 +10,20 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
 
+from lnt.backends.database import result_of
 from lnt.backends.keys import CardKeyFile, public_raw, sign
 from lnt.flows.base import FlowContext, FlowProtocol, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowPlugin, FlowRegistry
-from lnt.records import PKICard
+from lnt.records import PKICard, Session
 from lnt.signin import SW_OK, Login2Answer, login3_signed, transcript
 from lnt.sim.reader import Reader
 from lnt.wire import InfoCode, Request, Response, response_header
-from tests.fakes import Conn, MemoryLedger, MemoryPKI
+from tests.fakes import Conn, SyncBackends
 from tests.support import USER, Daemon, request
 
 PKI = 70000472
@@ -47,8 +49,9 @@ class Platform:
     def __init__(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
-        self.pki = MemoryPKI()
-        self.ledger = MemoryLedger(self.pki)
+        self.backends = SyncBackends()
+        self.pki = self.backends.pki
+        self.ledger = self.backends.ledger
         ctx = FlowContext(self.ledger, self.pki, self.clock,
                           FlowSettings(idle_timeout=30, session_ttl=3600))
         self.factory = DDServerFactory(FlowRegistry([SIGNIN, PROBE]), ctx, 10)
@@ -83,6 +86,13 @@ class Platform:
         self.last_conn = conn
         return responses
 
+    def session(self, pki: int = PKI) -> Session | None:
+        return result_of(self.ledger.session(pki, int(self.clock.seconds() * 1000)))
+
+    def last_signin(self) -> tuple[Any, ...]:
+        return self.backends.query("SELECT pki_no, outcome FROM signins ORDER BY id DESC"
+                                   " LIMIT 1")[0]
+
     def probe(self, pki: int = PKI, user: bytes = USER) -> Response:
         [r] = Conn(self.factory).send(request(0xDD95, user=user, pki=pki, step=0))
         return r
@@ -104,11 +114,11 @@ def test_successful_signin(platform: Platform) -> None:
     assert [len(r.info) for r in rs] == [5, 5, 141, 0]
     assert rs[1].pki == PKI  # DD04 gives the PKI number the terminal keeps
     assert outcome(rs) == (0xDD08, InfoCode.SUCCESS) and rs[-1].ends_flow
-    session = platform.ledger.sessions[PKI]
-    assert reader.session is not None
+    session = platform.session()
+    assert session is not None and reader.session is not None
     assert reader.session.serial == session.serial
     assert reader.session.session_key == session.session_key  # both sides hold the same key
-    assert platform.ledger.signins[-1] == (PKI, "ok")
+    assert platform.last_signin() == (PKI, "ok")
     assert platform.last_conn.closed
 
 
@@ -143,11 +153,11 @@ def test_identity_refusals_answer_a1(platform: Platform, case: str) -> None:
     rs = platform.signin(Reader(card), user=user)
     expected_stage = 0xDD06 if case == "key" else 0xDD04
     assert outcome(rs) == (expected_stage, InfoCode.NO_PUBLIC_KEY)
-    reason = platform.ledger.signins[-1][1]
+    reason = platform.last_signin()[1]
     assert {"unknown": "unknown PKI card", "revoked": "revoked", "user": "not bound",
             "version": "key version 2, registered 1",
             "key": "signature of R_AC_LOGIN_1"}[case] in reason
-    assert PKI not in platform.ledger.sessions
+    assert platform.session() is None
 
 
 def test_replayed_dd05_is_refused(platform: Platform) -> None:
@@ -162,7 +172,7 @@ def test_replayed_dd05_is_refused(platform: Platform) -> None:
     old = captured[0xDD05]
     rs = platform.signin(reader, tamper=lambda h, a: old if h == 0xDD05 else a)
     assert outcome(rs) == (0xDD06, InfoCode.NO_PUBLIC_KEY)
-    assert "replayed" in platform.ledger.signins[-1][1]
+    assert "replayed" in platform.last_signin()[1]
 
 
 def test_replayed_dd07_is_refused(platform: Platform) -> None:
@@ -188,7 +198,7 @@ def test_man_in_the_middle_swapping_the_platform_key_fails(platform: Platform) -
     assert answer[-2:] == bytes.fromhex("6982")  # the card refuses: sig2 does not cover it
     [r] = conn.send(request(0xDD07, answer, pki=PKI))
     assert (r.header, r.code) == (0xDD08, InfoCode.READER_ERROR)
-    assert PKI not in platform.ledger.sessions
+    assert platform.session() is None
 
 
 def test_failed_key_confirmation(platform: Platform) -> None:
@@ -208,7 +218,7 @@ def test_failed_key_confirmation(platform: Platform) -> None:
 
     rs = platform.signin(BadConfirm(card))
     assert outcome(rs) == (0xDD08, InfoCode.NO_PUBLIC_KEY)
-    assert platform.ledger.signins[-1][1] == "key confirmation failed"
+    assert platform.last_signin()[1] == "key confirmation failed"
 
 
 def test_cloned_card_counter(platform: Platform) -> None:
@@ -218,7 +228,7 @@ def test_cloned_card_counter(platform: Platform) -> None:
     clone = Reader(card)  # same key, its own counter starting again at zero
     rs = platform.signin(clone)
     assert outcome(rs) == (0xDD08, InfoCode.NO_PUBLIC_KEY)
-    assert "counter 1 not above" in platform.ledger.signins[-1][1]
+    assert "counter 1 not above" in platform.last_signin()[1]
 
 
 @pytest.mark.parametrize(("header", "answer", "code"), [
@@ -234,7 +244,7 @@ def test_reader_garbage_and_wrong_lengths(platform: Platform, header: int, answe
     rs = platform.signin(Reader(platform.card()),
                          tamper=lambda h, a: answer if h == header else a)
     assert outcome(rs) == (response_header(header), code)
-    assert PKI not in platform.ledger.sessions
+    assert platform.session() is None
 
 
 def test_terminal_that_stops_answering_times_out(platform: Platform) -> None:
@@ -243,7 +253,7 @@ def test_terminal_that_stops_answering_times_out(platform: Platform) -> None:
     assert rs[-1].header == 0xDD04 and not conn.closed
     platform.clock.advance(31)
     assert conn.closed and conn.responses() == []
-    assert PKI not in platform.ledger.sessions
+    assert platform.session() is None
 
 
 @pytest.mark.parametrize("order", ["first-finishes-first", "second-finishes-first"])
@@ -271,7 +281,8 @@ def test_two_concurrent_signins_of_one_card(platform: Platform, order: str) -> N
         [fa] = a.send(request(0xDD07, ans_a, pki=PKI))
         [fb] = b.send(request(0xDD07, ans_b, pki=PKI))
         assert (fa.code, fb.code) == (InfoCode.SUCCESS, InfoCode.SUCCESS)
-        assert platform.ledger.sessions[PKI].serial == "0000000000000002"  # the newer replaces
+        live = platform.session()
+        assert live is not None and live.serial == "0000000000000002"  # the newer replaces
     else:
         ans_a = reader_a.execute(b"\x40" + ra.info)
         reader_b.counter = reader_a.counter
@@ -279,7 +290,8 @@ def test_two_concurrent_signins_of_one_card(platform: Platform, order: str) -> N
         [fb] = b.send(request(0xDD07, ans_b, pki=PKI))
         [fa] = a.send(request(0xDD07, ans_a, pki=PKI))
         assert (fb.code, fa.code) == (InfoCode.SUCCESS, InfoCode.NO_PUBLIC_KEY)
-        assert platform.ledger.sessions[PKI].serial == "0000000000000002"
+        live = platform.session()
+        assert live is not None and live.serial == "0000000000000002"
 
 
 def test_later_flows_need_a_live_session(platform: Platform) -> None:

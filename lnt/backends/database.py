@@ -322,6 +322,10 @@ class SyncDatabase:
             return defer.fail()
         return defer.succeed(result)
 
+    @property
+    def connection(self) -> DBConnection:
+        return self._conn
+
     def start(self) -> None:
         pass
 

@@ -72,6 +72,15 @@ class LedgerPKI:
 
         return self.db.runInteraction("pki revoke", txn)
 
+    def card_for_user(self, user_id: bytes) -> Deferred[PKICard | None]:
+        def txn(cur: Cursor) -> PKICard | None:
+            row = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards WHERE user_id = ? AND"
+                              " status = 'active' ORDER BY pki_no LIMIT 1",
+                              (user_id.hex(),)).fetchone()
+            return None if row is None else _card(row)
+
+        return self.db.runInteraction("pki card_for_user", txn)
+
     def cards(self) -> Deferred[list[PKICard]]:
         def txn(cur: Cursor) -> list[PKICard]:
             rows = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards ORDER BY pki_no").fetchall()

@@ -64,6 +64,60 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         CREATE INDEX signins_pki ON signins (pki_no, at_ms);
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE platforms (
+            platform_no INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1
+        );
+        CREATE TABLE payments (
+            platform_no INTEGER NOT NULL REFERENCES platforms (platform_no),
+            biz_serial_no TEXT NOT NULL,
+            money {bigint} NOT NULL CHECK (money > 0),
+            user_id TEXT NOT NULL,
+            pki_no {bigint} NOT NULL,
+            fingerprint TEXT NOT NULL,
+            created_ms {bigint} NOT NULL,
+            PRIMARY KEY (platform_no, biz_serial_no)
+        );
+        CREATE TABLE order_numbers (
+            seq {serial},
+            created_ms {bigint} NOT NULL
+        );
+        CREATE TABLE orders (
+            order_no TEXT PRIMARY KEY,
+            platform_no INTEGER NOT NULL,
+            biz_serial_no TEXT NOT NULL,
+            pki_no {bigint} NOT NULL,
+            card_kind TEXT NOT NULL CHECK (card_kind IN ('cpu', 'm1')),
+            logical_no TEXT NOT NULL,
+            physical_no TEXT NOT NULL,
+            amount {bigint} NOT NULL CHECK (amount > 0),
+            state TEXT NOT NULL,
+            created_ms {bigint} NOT NULL,
+            updated_ms {bigint} NOT NULL,
+            UNIQUE (platform_no, biz_serial_no),
+            FOREIGN KEY (platform_no, biz_serial_no)
+                REFERENCES payments (platform_no, biz_serial_no)
+        );
+        CREATE INDEX orders_card ON orders (logical_no, created_ms);
+        CREATE TABLE journal_entries (
+            id {serial},
+            kind TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            at_ms {bigint} NOT NULL
+        );
+        CREATE TABLE postings (
+            entry_id {bigint} NOT NULL REFERENCES journal_entries (id),
+            account TEXT NOT NULL,
+            amount {bigint} NOT NULL
+        );
+        CREATE INDEX postings_account ON postings (account);
+        CREATE INDEX postings_entry ON postings (entry_id);
+        """,
+    ),
 )
 
 #: The version this code writes.
