@@ -38,6 +38,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ledger", None,
             "ledger DSN: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)"),
     Setting("key-file", None, "platform key file (default: DATA-DIR/platform-key.json)"),
+    Setting("core-key-file", None,
+            "core module (card issuer) key file (default: DATA-DIR/core-keys.json)"),
     Setting("idle-timeout", "30", "seconds without a complete frame before closing", float),
     Setting("flow-deadline", "120", "seconds one flow may take in all", float),
     Setting("backend-timeout", "10", "seconds a backend call may take before DD", float),
@@ -45,6 +47,9 @@ SETTINGS: tuple[Setting, ...] = (
             int),
     Setting("shutdown-grace", "15", "seconds running flows get to finish at shutdown", float),
     Setting("session-ttl", "86400", "lifetime of a sign-in session, seconds", float),
+    Setting("timestamp-window", "300", "order API: seconds a request's timestamp may be off",
+            float),
+    Setting("http-max-body", "65536", "largest HTTP request body in bytes; larger get 413", int),
     Setting("demo", "yes", "provision the demo terminal, cards and merchant (yes/no)", bool),
 )
 

@@ -15,18 +15,26 @@ import os
 from pathlib import Path
 from typing import Any
 
+from Crypto.Random import get_random_bytes
 from twisted.logger import Logger
 
+from lnt.backends.core import CoreKeys
 from lnt.backends.database import DSN, SyncDatabase, result_of
 from lnt.backends.keys import CardKeyFile, PlatformKeys
+from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
-from lnt.records import PKICard
+from lnt.logs import mask_card
+from lnt.records import PKICard, Platform
+from lnt.sim.cards import PURSE_SECTOR, Card, CPUCard, M1Card, save_new
 
 log = Logger()
 
 DEMO_PKI_NO = 70000472
 DEMO_USER_ID = b"DEMO-TERMINAL-01"
 DEMO_FILE = "demo.json"
+DEMO_PLATFORM = 7
+#: (kind, logical card number, balance in fen at issue)
+DEMO_CARDS = (("cpu", "5100000000000001", 1000), ("m1", "5100000000000002", 500))
 
 
 def load_demo(data_dir: Path) -> dict[str, Any]:
@@ -41,17 +49,48 @@ def _write(data_dir: Path, content: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def provision(data_dir: Path, dsn: DSN, keys: PlatformKeys) -> dict[str, Any]:
+def provision(data_dir: Path, dsn: DSN, keys: PlatformKeys, core: CoreKeys) -> dict[str, Any]:
     """Create what is missing of the demo data; return the content of demo.json."""
     demo = load_demo(data_dir)
     demo["notice"] = "DEMO DATA: keys in plain files, for trying the simulator only"
     db = SyncDatabase(dsn)
     try:
         demo["terminal"] = _terminal(data_dir, db, keys)
+        demo["platform"] = _platform(db, keys)
     finally:
         db.close()
+    demo["cards"] = _cards(data_dir, core)
     _write(data_dir, demo)
     return demo
+
+
+def _platform(db: SyncDatabase, keys: PlatformKeys) -> dict[str, Any]:
+    ledger = SQLLedger(db, keys.sealer())
+    if result_of(ledger.add_platform(Platform(DEMO_PLATFORM, "public bicycle (demo)"))):
+        log.info("demo: registered platform {n}", n=DEMO_PLATFORM)
+    return {"platform_no": DEMO_PLATFORM, "name": "public bicycle (demo)"}
+
+
+def _cards(data_dir: Path, core: CoreKeys) -> list[dict[str, Any]]:
+    """The virtual cards a terminal's reader can present, issued with the core module's keys."""
+    cards_dir = data_dir / "cards"
+    listed = []
+    for kind, logical_no, balance in DEMO_CARDS:
+        path = cards_dir / f"{logical_no}.json"
+        if not path.exists():
+            card: Card
+            if kind == "cpu":
+                card = CPUCard.issue(logical_no, core.master_load_key, core.master_tac_key,
+                                     balance)
+            else:
+                uid = get_random_bytes(4)
+                physical = uid.rjust(8, b"\x00")
+                card = M1Card.issue(logical_no, uid, {PURSE_SECTOR: core.m1_sector_key(
+                    physical, PURSE_SECTOR)}, balance)
+            save_new(card, cards_dir)
+            log.info("demo: issued virtual {kind} card {no}", kind=kind, no=mask_card(logical_no))
+        listed.append({"kind": kind, "logical_no": logical_no, "file": f"cards/{path.name}"})
+    return listed
 
 
 def _terminal(data_dir: Path, db: SyncDatabase, keys: PlatformKeys) -> dict[str, Any]:

@@ -6,11 +6,19 @@ that touches a database or a socket.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta, timezone
 from enum import StrEnum
 
 
 class AlreadyExists(Exception):
     """A record with this key exists already."""
+
+
+#: the platform's business day and the order API's dates are China time (UTC+8)
+CHINA = timezone(timedelta(hours=8))
+
+#: a CPU card's purse never holds more than this many fen (the field terminal's limit)
+CPU_BALANCE_LIMIT = 100_000
 
 
 class CardStatus(StrEnum):

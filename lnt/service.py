@@ -32,6 +32,7 @@ from twisted.web.server import Site
 
 import lnt
 from lnt import systemd
+from lnt.backends.core import CoreKeys, FileCoreModule
 from lnt.backends.database import DSN, Database
 from lnt.backends.keys import PlatformKeys
 from lnt.backends.ledger import SQLLedger
@@ -41,8 +42,11 @@ from lnt.config import SETTINGS, ConfigError, read_ini, resolve
 from lnt.demo import provision
 from lnt.flows.base import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowRegistry
+from lnt.web import orderapi
 from lnt.web.health import Health
 from lnt.web.json import Root
+from lnt.web.limits import limited_request
+from lnt.web.orderapi import OrderAPI
 
 log = Logger()
 
@@ -186,12 +190,15 @@ def makeService(options: Options, reactor: Any = None) -> RechargeService:
     if created:
         log.info("created the platform key file {path}", path=key_file)
 
+    core_keys = CoreKeys.load_or_create(
+        Path(settings["core-key-file"] or data_dir / "core-keys.json"))
+
     dsn = DSN.parse(settings["ledger"] or f"sqlite://{data_dir / 'ledger.db'}")
     version = migrate(dsn)
     log.info("ledger {dsn} at schema version {version}", dsn=dsn.describe(), version=version)
 
     if settings["demo"]:
-        provision(data_dir, dsn, keys)
+        provision(data_dir, dsn, keys, core_keys)
         log.info("demo data in {path}", path=data_dir / "demo.json")
 
     registry = FlowRegistry.discover()
@@ -208,13 +215,16 @@ def makeService(options: Options, reactor: Any = None) -> RechargeService:
         backend_timeout=settings["backend-timeout"],
         session_ttl=settings["session-ttl"],
     )
-    context = FlowContext(ledger=ledger, pki=pki, clock=clock, settings=flow_settings)
+    core = FileCoreModule(core_keys)
+    context = FlowContext(ledger=ledger, pki=pki, core=core, clock=clock, settings=flow_settings)
     flows = DDServerFactory(registry, context, settings["max-connections"])
     flows.noisy = False
 
     root = Root()
     root.putChild(b"health", Health(ledger, clock, settings["backend-timeout"]))
-    site = Site(root, timeout=60)
+    orderapi.install(root, OrderAPI(ledger, pki, clock, settings["backend-timeout"],
+                                    settings["timestamp-window"]))
+    site = Site(root, timeout=60, requestFactory=limited_request(settings["http-max-body"]))
     site.displayTracebacks = False
     site.noisy = False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from lnt.backends.core import CoreKeys, FileCoreModule
 from lnt.backends.database import DSN, SyncDatabase
 from lnt.backends.keys import PlatformKeys, key_from_scalar
 from lnt.backends.ledger import SQLLedger
@@ -28,6 +29,8 @@ class SyncBackends:
         self.keys = PlatformKeys(key_from_scalar(0x5EED), bytes(32))
         self.ledger = SQLLedger(self.db, self.keys.sealer())
         self.pki = LedgerPKI(self.db, self.keys)
+        self.core_keys = CoreKeys(bytes(range(16)), bytes(range(16, 32)), bytes(range(32, 48)))
+        self.core = FileCoreModule(self.core_keys)
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         cur = self.db.connection.cursor()

@@ -26,7 +26,7 @@ def clock() -> Clock:
 @pytest.fixture
 def factory(clock: Clock) -> DDServerFactory:
     b = SyncBackends()
-    ctx = FlowContext(ledger=b.ledger, pki=b.pki, clock=clock, settings=SETTINGS)
+    ctx = FlowContext(ledger=b.ledger, pki=b.pki, core=b.core, clock=clock, settings=SETTINGS)
     return DDServerFactory(FlowRegistry([SIGNIN]), ctx, max_connections=2)
 
 
@@ -130,7 +130,7 @@ def test_idle_timeout_within_flow(factory: DDServerFactory, clock: Clock) -> Non
 
 def test_flow_deadline(clock: Clock) -> None:
     b = SyncBackends()
-    ctx = FlowContext(ledger=b.ledger, pki=b.pki, clock=clock,
+    ctx = FlowContext(ledger=b.ledger, pki=b.pki, core=b.core, clock=clock,
                       settings=FlowSettings(idle_timeout=100, flow_deadline=50))
     c = Conn(DDServerFactory(FlowRegistry([SIGNIN]), ctx, 5))
     c.send(request(0xDD01))

@@ -52,7 +52,7 @@ class Platform:
         self.backends = SyncBackends()
         self.pki = self.backends.pki
         self.ledger = self.backends.ledger
-        ctx = FlowContext(self.ledger, self.pki, self.clock,
+        ctx = FlowContext(self.ledger, self.pki, self.backends.core, self.clock,
                           FlowSettings(idle_timeout=30, session_ttl=3600))
         self.factory = DDServerFactory(FlowRegistry([SIGNIN, PROBE]), ctx, 10)
 

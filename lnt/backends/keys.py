@@ -97,7 +97,7 @@ class Sealer:
         return bytes(cipher.decrypt_and_verify(sealed[12:-16], sealed[-16:]))
 
 
-def _write_new(path: Path, content: dict[str, object]) -> None:
+def write_key_file(path: Path, content: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -109,7 +109,7 @@ def _write_new(path: Path, content: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def _read(path: Path, fmt: str) -> dict[str, str]:
+def read_key_file(path: Path, fmt: str) -> dict[str, str]:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -144,7 +144,7 @@ class PlatformKeys:
 
     @classmethod
     def load(cls, path: Path) -> PlatformKeys:
-        content = _read(path, PLATFORM_KEY_FORMAT)
+        content = read_key_file(path, PLATFORM_KEY_FORMAT)
         try:
             return cls(
                 ECC.import_key(content["private_key"]), bytes.fromhex(content["storage_key"])
@@ -158,7 +158,7 @@ class PlatformKeys:
         if path.exists():
             return cls.load(path), False
         keys = cls(ECC.generate(curve=CURVE), get_random_bytes(32))
-        _write_new(
+        write_key_file(
             path,
             {
                 "format": PLATFORM_KEY_FORMAT,
@@ -188,7 +188,7 @@ class CardKeyFile:
         return public_raw(self.key)
 
     def save(self, path: Path) -> None:
-        _write_new(
+        write_key_file(
             path,
             {
                 "format": CARD_KEY_FORMAT,
@@ -202,7 +202,7 @@ class CardKeyFile:
 
     @classmethod
     def load(cls, path: Path) -> CardKeyFile:
-        content = _read(path, CARD_KEY_FORMAT)
+        content = read_key_file(path, CARD_KEY_FORMAT)
         try:
             return cls(
                 int(content["pki_no"]),

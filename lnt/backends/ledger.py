@@ -8,7 +8,7 @@ they are written, so a copy of the database alone does not give them away.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,6 +19,7 @@ from lnt.backends.keys import Sealer
 from lnt.backends.schema import current_version
 from lnt.interfaces import ILedger
 from lnt.records import (
+    CHINA,
     CardIdentity,
     CardKind,
     Conflict,
@@ -243,7 +244,7 @@ class SQLLedger:
             seq = cur.execute("INSERT INTO order_numbers (created_ms) VALUES (?) RETURNING seq",
                               (now_ms,)).fetchone()
             assert seq is not None
-            day = datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y%m%d")
+            day = datetime.fromtimestamp(now_ms / 1000, CHINA).strftime("%Y%m%d")
             order = Order(f"{day}{int(seq[0]):012d}", platform_no, biz_serial_no, pki_no,
                           card.kind, card.logical_no, card.physical_no, amount,
                           OrderState.CREATED, now_ms, now_ms)

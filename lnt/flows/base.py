@@ -30,7 +30,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lnt.interfaces import IPKI, ILedger
+from lnt.interfaces import IPKI, ICoreModule, ILedger
 from lnt.records import Session
 from lnt.wire import (
     NO_PKI,
@@ -68,6 +68,7 @@ class FlowContext:
 
     ledger: ILedger
     pki: IPKI
+    core: ICoreModule
     clock: IReactorTime
     settings: FlowSettings = field(default_factory=FlowSettings)
 

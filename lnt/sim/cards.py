@@ -22,6 +22,7 @@ from typing import Any
 from Crypto.Random import get_random_bytes
 
 from lnt import pboc
+from lnt.records import CPU_BALANCE_LIMIT
 from lnt.wire import encode_bcd
 
 SW_OK = b"\x90\x00"
@@ -35,8 +36,6 @@ SW_MAC = b"\x93\x02"  # MAC2 does not verify
 SW_KEY_INDEX = b"\x94\x03"  # no such key index
 SW_AUTH = b"\x69\x82"  # M1: wrong key / not authenticated
 
-#: a CPU card purse never holds more than this many fen
-CPU_BALANCE_LIMIT = 100_000
 ISSUER_ID = b"LNT\x00\x00\x00\x00\x01"
 
 PURSE_SECTOR = 2
@@ -219,8 +218,9 @@ class M1Card:
         return bytes.fromhex(self.uid).rjust(8, b"\x00")
 
     @classmethod
-    def issue(cls, logical_no: str, sector_keys: dict[int, bytes], balance: int = 0) -> M1Card:
-        uid = get_random_bytes(4).hex()
+    def issue(cls, logical_no: str, uid_bytes: bytes, sector_keys: dict[int, bytes],
+              balance: int = 0) -> M1Card:
+        uid = uid_bytes.hex()
         keys = {str(s): k.hex() for s, k in sector_keys.items()}
         issuer = encode_bcd(logical_no, 8) + b"\x00\x02" + bytes(6)
         blocks = {

@@ -4,11 +4,17 @@ C{lnt-terminal}: the terminal simulator's command line.
     lnt-terminal --data-dir DIR [--flows HOST:PORT] [--http URL] [--timeout S] COMMAND
 
     signin      run the sign-in flow (DD01-DD08) and keep the session in the reader
+    order --amount FEN [--card LOGICAL_NO] [--biz-serial-no ID]
+                create a recharge order through the HTTP order API (APPLLogin, the card
+                read with its toreader script, CreateAutoLoadOrder); signs in first if needed
+    account [--card LOGICAL_NO]
+                the card's orders (AcctQueryLNT)
 
 The terminal's identity (user ID, PKI card key file) comes from C{DIR/demo.json} unless
 C{--user-id}/C{--key-file} are given; its reader keeps its state in C{DIR/reader-state.json}.
-Without C{--flows}, the address the daemon recorded in C{DIR/listening.json} is used, else
-127.0.0.1:9000.
+The card on the reader is C{--card} (a virtual card in C{DIR/cards/}), by default the first
+card of demo.json. Without C{--flows}/C{--http}, the addresses the daemon recorded in
+C{DIR/listening.json} are used, else 127.0.0.1:9000 and http://127.0.0.1:8080.
 
 Each stage is printed as it happens: header, flow indicator and code with its meaning, info
 length and hex. Exit status: 0 success; 1 the platform refused (its info code is printed);
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +38,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 
 from lnt.backends.keys import CardKeyFile, KeyFileError
+from lnt.cardscript import IDENTIFY
+from lnt.sim.cards import Card, load_card
+from lnt.sim.orderclient import APIBroken, APIRefused, OrderClient
 from lnt.sim.reader import Reader
 from lnt.sim.terminal import FlowRefused, FlowResult, TerminalError, connect, run_flow
 from lnt.wire import NO_PKI, Request, Response, describe_code, header_name
@@ -50,11 +61,79 @@ class Terminal:
     timeout: float
     user_id: bytes
     card: CardKeyFile
+    platform: int
+    transit_card: str | None
     out: Any = sys.stdout
 
-    @property
-    def reader(self) -> Reader:
-        return Reader(self.card, self.data_dir / "reader-state.json")
+    def __post_init__(self) -> None:
+        self.reader = Reader(self.card, self.data_dir / "reader-state.json",
+                             self.present(self.transit_card))
+
+    def present(self, logical_no: str | None) -> Card | None:
+        """Put a virtual card on the reader's antenna."""
+        if logical_no is None:
+            return None
+        path = self.data_dir / "cards" / f"{logical_no}.json"
+        if not path.exists():
+            raise UsageError(f"no virtual card {logical_no} in {path.parent}")
+        return load_card(path)
+
+    def client(self) -> OrderClient:
+        return OrderClient(self.http, self.platform, self.reader,
+                           self.user_id.decode("ascii"), self.timeout)
+
+    async def session_serial(self, reactor: Any, fresh: bool = False) -> str:
+        if fresh or self.reader.session is None:
+            await self.signin(reactor)
+        assert self.reader.session is not None
+        return self.reader.session.serial
+
+    async def order(self, reactor: Any, amount: int, biz_serial_no: str) -> str:
+        if self.reader.presented is None:
+            raise UsageError("no card on the reader: give --card")
+        client = self.client()
+        await self.session_serial(reactor)
+        try:
+            login = await client.appl_login(biz_serial_no, amount)
+        except APIRefused as e:
+            if "not signed in" not in str(e):
+                raise
+            await self.session_serial(reactor, fresh=True)
+            login = await client.appl_login(biz_serial_no, amount)
+        print(f"APPLLogin: payment {biz_serial_no} of {amount} fen registered; PKI "
+              f"{login['pki']}, serial {login['serial']}, key check {login['key']}",
+              file=self.out)
+        reqinfo = client.read_card(login["toreader"])
+        print(f"card read: {len(reqinfo)} answers to {len(login['toreader'])} toreader "
+              "commands", file=self.out)
+        answer = await client.create_order(biz_serial_no, amount, login["serial"], reqinfo)
+        card = self.reader.presented
+        print(f"order {answer['order']} for {card.kind} card {card.logical_no}: {amount} fen",
+              file=self.out)
+        return str(answer["order"])
+
+    async def account(self, reactor: Any) -> list[dict[str, Any]]:
+        if self.reader.presented is None:
+            raise UsageError("no card on the reader: give --card")
+        client = self.client()
+        serial = await self.session_serial(reactor)
+        login_script = [step.encode() for step in IDENTIFY]
+        reqinfo = client.read_card(login_script)
+        try:
+            answer = await client.acct_query(serial, reqinfo)
+        except APIRefused as e:
+            if "sign in" not in str(e):
+                raise
+            serial = await self.session_serial(reactor, fresh=True)
+            answer = await client.acct_query(serial, reqinfo)
+        records = answer.get("acctresult") or []
+        card = self.reader.presented
+        print(f"card {card.logical_no} ({card.kind}): account status {answer['acctstatus']}, "
+              f"{answer['chargerecordnum']} orders", file=self.out)
+        for r in records:
+            print(f"  {r['orderseq']}  {r['ordertime']}  {r['amount']:>7} fen  step {r['step']}",
+                  file=self.out)
+        return list(records)
 
     def report(self, request: Request, response: Response) -> None:
         print(f"{header_name(request.header)} -> info {len(request.info):3d}: "
@@ -66,6 +145,7 @@ class Terminal:
 
     async def signin(self, reactor: Any) -> FlowResult:
         reader = self.reader
+        reader.session = None
         conn = await connect(reactor, self.host, self.port, reactor, self.timeout)
         first = Request(0xDD01, self.user_id, 0x00, NO_PKI, b"")
         result = await run_flow(conn, first, reader.execute, self.report)
@@ -103,8 +183,19 @@ def load_terminal(args: argparse.Namespace) -> Terminal:
             flows = json.loads(listening.read_text()).get("flows") or {}
             if "port" in flows:
                 host, port = flows.get("host", host), str(flows["port"])
-    http = args.http or "http://127.0.0.1:8080"
-    return Terminal(data_dir, host, int(port), http, args.timeout, user_id, card)
+    http = args.http or ""
+    listening = data_dir / "listening.json"
+    if not http and listening.exists():
+        address = json.loads(listening.read_text()).get("http") or {}
+        if "port" in address:
+            http = f"http://{address.get('host', '127.0.0.1')}:{address['port']}"
+    http = (http or "http://127.0.0.1:8080").rstrip("/")
+    platform = args.platform or int(demo.get("platform", {}).get("platform_no", 7))
+    transit = getattr(args, "card", None)
+    if transit is None and demo.get("cards"):
+        transit = demo["cards"][0]["logical_no"]
+    return Terminal(data_dir, host, int(port), http, args.timeout, user_id, card, platform,
+                    transit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", help="PKI card key file (default: from demo.json)")
     p.add_argument("--user-id", help="terminal user ID, 16 characters (default: the card's)")
     sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--platform", type=int, help="order API platform number [demo.json's, 7]")
     sub.add_parser("signin", help="sign in (DD01-DD08)")
+    order = sub.add_parser("order", help="create a recharge order (HTTP order API)")
+    order.add_argument("--amount", type=int, required=True, help="fen")
+    order.add_argument("--card", help="logical number of the virtual card on the reader")
+    order.add_argument("--biz-serial-no", help="third-party serial [generated]")
+    account = sub.add_parser("account", help="the card's orders (AcctQueryLNT)")
+    account.add_argument("--card", help="logical number of the virtual card on the reader")
     return p
 
 
@@ -135,10 +233,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.command == "signin":
                 await terminal.signin(reactor)
+            elif args.command == "order":
+                biz = args.biz_serial_no or f"SIM{int(time.time() * 1000)}{os.getpid() % 1000:03d}"
+                await terminal.order(reactor, args.amount, biz)
+            elif args.command == "account":
+                await terminal.account(reactor)
             outcome.append(EXIT_OK)
-        except FlowRefused as e:
+        except (FlowRefused, APIRefused) as e:
             print(f"refused: {e}", file=sys.stderr)
             outcome.append(EXIT_REFUSED)
+        except UsageError as e:
+            print(f"lnt-terminal: {e}", file=sys.stderr)
+            outcome.append(EXIT_USAGE)
+        except APIBroken as e:
+            print(f"lnt-terminal: {e}", file=sys.stderr)
+            outcome.append(EXIT_NETWORK)
         except (TerminalError, ConnectError, ConnectionError, OSError) as e:
             print(f"lnt-terminal: {e}", file=sys.stderr)
             outcome.append(EXIT_NETWORK)

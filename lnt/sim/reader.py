@@ -51,9 +51,12 @@ from lnt.signin import (
     shared_secret,
     transcript,
 )
+from lnt.sim.cards import Card
 from lnt.wire import decode_bcd
 
 COMMAND_PREFIX = 0x40
+#: no card on the antenna
+SW_NO_CARD = b"\x6a\x81"
 FIRMWARE = b"SIM1.0"
 
 
@@ -64,8 +67,11 @@ class ReaderSession:
 
 
 class Reader:
-    def __init__(self, card: CardKeyFile, state_path: Path | None = None) -> None:
+    def __init__(self, card: CardKeyFile, state_path: Path | None = None,
+                 presented: Card | None = None) -> None:
         self.card = card
+        #: the transit card on the reader's antenna, if any
+        self.presented = presented
         self.state_path = state_path
         self.counter = 0
         self.session: ReaderSession | None = None
@@ -101,6 +107,14 @@ class Reader:
         with os.fdopen(fd, "w") as f:
             json.dump(content, f)
         os.replace(tmp, self.state_path)
+
+    # -- the transit card -------------------------------------------------------------------
+
+    def transmit(self, apdu: bytes) -> bytes:
+        """Pass an APDU (a C{toreader} command) to the card on the antenna."""
+        if self.presented is None:
+            return SW_NO_CARD
+        return self.presented.apdu(apdu)
 
     # -- commands -------------------------------------------------------------------------
 

@@ -1,0 +1,459 @@
+"""
+The order API (source document 3.2): C{/APPLLogin}, C{/AcctQueryLNT}, C{/CreateAutoLoadOrder},
+JSON in the 3DES envelope of L{lnt.envelope}, answered in the same envelope.
+
+Every API call is answered HTTP 200 with C{status} 1 (done) or 0 and an C{errmsg} that says
+exactly what is wrong. HTTP errors are only for what is no API call: another method than POST
+(405), an unknown path (404, the site root's), a body over the limit (413). No traceback ever
+reaches a client: an unexpected error is logged and answered "internal error".
+
+Each endpoint declares its fields: where they travel (in clear, or encrypted in C{data}, as the
+source document's tables say), their JSON type and whether they are required. docs/orderapi.rst
+and README give worked examples; tests/test_orderapi.py checks them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from Crypto.Cipher import AES
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from lnt import cardscript, envelope
+from lnt.backends.keys import verify
+from lnt.cardscript import ScriptError
+from lnt.interfaces import IPKI, ILedger
+from lnt.logs import mask_card
+from lnt.records import (
+    CHINA,
+    CPU_BALANCE_LIMIT,
+    CardIdentity,
+    CardKind,
+    Conflict,
+    NotFound,
+    Order,
+    OrderState,
+    Session,
+)
+from lnt.web.json import finish_json, write_json
+
+log = Logger()
+
+BIZ_SERIAL = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+MAX_MONEY = CPU_BALANCE_LIMIT
+
+
+class APIError(Exception):
+    """Answered as C{status: 0} with this message."""
+
+
+class Where(Enum):
+    CLEAR = "in clear"
+    DATA = "in data"
+    EITHER = "either"
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: type | tuple[type, ...]
+    where: Where
+    required: bool = True
+
+
+def _fields(clear: str, encrypted: str, optional: str = "", either: str = "",
+            types: dict[str, type | tuple[type, ...]] | None = None) -> tuple[Field, ...]:
+    types = types or {}
+    opt = set(optional.split())
+    out = []
+    for names, where in ((clear, Where.CLEAR), (encrypted, Where.DATA),
+                         (either, Where.EITHER)):
+        for name in names.split():
+            out.append(Field(name, types.get(name, str), where, name not in opt))
+    return tuple(out)
+
+
+INT = int
+USERINFO = (str, dict)
+
+APPL_LOGIN = _fields(
+    clear="version platformRaw",
+    encrypted="platform userinfo type biz_serial_no money package_name package_version_name "
+           "package_version_code mobile_number mobile_imei mobile_vendor mobile_model lat_lng "
+           "address ip",
+    optional="mobile_number lat_lng address",
+    types={"platformRaw": INT, "platform": INT, "type": INT, "money": INT,
+           "userinfo": USERINFO},
+)
+ACCT_QUERY = _fields(
+    clear="version platformRaw",
+    encrypted="platform userinfo pki serial step reqinfo qrycondition starttime endtime orderstep",
+    either="orderid payway",
+    optional="pki starttime endtime orderstep orderid payway",
+    types={"platformRaw": INT, "platform": INT, "step": INT, "reqinfo": list,
+           "userinfo": USERINFO},
+)
+CREATE_ORDER = _fields(
+    clear="version platformRaw crt_version biz_serial_no Sign",
+    encrypted="platform userinfo pki chargeamt chargetype transtype serial step reqinfo",
+    optional="pki",
+    types={"platformRaw": INT, "crt_version": INT, "platform": INT, "chargeamt": INT,
+           "chargetype": INT, "transtype": INT, "step": INT, "reqinfo": list,
+           "userinfo": USERINFO},
+)
+
+#: our order states as the document's "orderstep" codes (06 is ours: reversed)
+ORDER_STEPS = {
+    OrderState.CREATED: "02",
+    OrderState.PENDING: "03",
+    OrderState.LOADED: "04",
+    OrderState.REVERSED: "06",
+}
+PAYWAY_THIRD_PARTY = "01"
+QUERY_CONDITIONS = {"username", "cardnum", "time", "orderstep", "orderid", "payway"}
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", str: "a string", list: "an array", dict: "an object"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names[k] for k in kinds)
+
+
+@dataclass
+class Call:
+    """One checked API call: its fields (clear and decrypted together)."""
+
+    timestamp: int
+    fields: dict[str, Any]
+    #: the encrypted data as sent (C{Sign} covers it)
+    data: str
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields.get(name)
+
+
+def check_fields(spec: tuple[Field, ...], clear: dict[str, Any], secret: dict[str, Any]
+                 ) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in spec:
+        in_clear, in_secret = f.name in clear, f.name in secret
+        if in_clear and in_secret:
+            raise APIError(f"{f.name} is both in clear and in data")
+        if f.where is Where.DATA and in_clear:
+            raise APIError(f"{f.name} must travel encrypted in data")
+        if f.where is Where.CLEAR and in_secret:
+            raise APIError(f"{f.name} must travel in clear, not in data")
+        value = clear.get(f.name, secret.get(f.name))
+        if value is None or value == "":
+            if f.required:
+                where = {Where.CLEAR: "", Where.DATA: " (in data)", Where.EITHER: ""}[f.where]
+                raise APIError(f"{f.name} is missing{where}")
+            continue
+        kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise APIError(f"{f.name} must be {_kind_name(f.kind)}")
+        out[f.name] = value
+    return out
+
+
+def user_id_of(userinfo: str | dict[str, Any]) -> str:
+    """C{userinfo} is a JSON object, or a string holding one (as in the document's example)."""
+    if isinstance(userinfo, str):
+        try:
+            userinfo = json.loads(userinfo)
+        except ValueError:
+            raise APIError("userinfo is not a JSON object") from None
+    if not isinstance(userinfo, dict):
+        raise APIError("userinfo is not a JSON object")
+    userid = userinfo.get("userid")
+    if not isinstance(userid, str) or not userid:
+        raise APIError("userinfo has no userid")
+    return userid
+
+
+def key_check_value(session_key: bytes) -> str:
+    """What the C{key} field carries: the session key's check value, never the key."""
+    return bytes(AES.new(session_key, AES.MODE_ECB).encrypt(bytes(16))[:4]).hex().upper()
+
+
+def _yyyymmdd(value: str, name: str) -> datetime:
+    try:
+        return datetime.strptime(value, "%Y%m%d").replace(tzinfo=CHINA)
+    except ValueError:
+        raise APIError(f"{name} must be a date YYYYMMDD") from None
+
+
+def _ms_to_text(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, CHINA).strftime("%Y%m%d%H%M%S")
+
+
+def acct_record(order: Order) -> dict[str, Any]:
+    return {
+        "orderseq": order.order_no,
+        "logiccardnum": order.logical_no,
+        "physiccardnum": order.physical_no.upper(),
+        "ordertime": _ms_to_text(order.created_ms),
+        "paytime": _ms_to_text(order.created_ms),
+        "amount": order.amount,
+        "payway": PAYWAY_THIRD_PARTY,
+        "step": ORDER_STEPS[order.state],
+        "operate": "01",
+    }
+
+
+Handler = Callable[[Call], Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
+
+
+class OrderAPI:
+    """The three endpoints' logic; talks to the backends through their interfaces only."""
+
+    def __init__(self, ledger: ILedger, pki: IPKI, clock: IReactorTime, timeout: float,
+                 window: float) -> None:
+        self.ledger = ledger
+        self.pki = pki
+        self.clock = clock
+        self.timeout = timeout
+        self.window = window
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    async def _backend(self, d: Deferred[Any]) -> Any:
+        d.addTimeout(self.timeout, self.clock)
+        try:
+            return await d
+        except Conflict as e:
+            raise APIError(str(e)) from None
+        except NotFound as e:
+            raise APIError(str(e)) from None
+        except defer.TimeoutError:
+            raise APIError("system busy: the ledger did not answer in time; repeat the "
+                           "request") from None
+
+    # -- common checks ----------------------------------------------------------------------
+
+    def check_envelope(self, body: bytes, spec: tuple[Field, ...]) -> Call:
+        try:
+            pairs, secret = envelope.open_message(body)
+        except envelope.EnvelopeError as e:
+            raise APIError(str(e)) from None
+        clear = dict(pairs)
+        timestamp = int(clear["timestamp"])
+        seconds = timestamp / 1000 if timestamp > 10**11 else timestamp
+        skew = seconds - self.clock.seconds()
+        if abs(skew) > self.window:
+            raise APIError(f"timestamp is {abs(skew):.0f} s {'ahead' if skew > 0 else 'behind'}"
+                           f" (window ±{self.window:.0f} s)")
+        fields = check_fields(spec, {k: v for k, v in clear.items()
+                                     if k not in ("timestamp", "data", "mac")}, secret)
+        if fields["version"] != "v2":
+            raise APIError(f"version {fields['version']!r} is not supported (v2)")
+        if fields["platformRaw"] != fields["platform"]:
+            raise APIError(f"platformRaw {fields['platformRaw']} does not match platform "
+                           f"{fields['platform']}")
+        data = clear.get("data", "")
+        return Call(timestamp, fields, data if isinstance(data, str) else "")
+
+    async def check_platform(self, call: Call) -> None:
+        platform = await self._backend(self.ledger.platform(call["platform"]))
+        if platform is None or not platform.active:
+            raise APIError(f"unknown platform {call['platform']}")
+
+    async def live_session(self, call: Call) -> Session:
+        serial = call["serial"]
+        if not re.fullmatch(r"\d{16}", serial):
+            raise APIError("serial must be the 16-digit handshake serial of a sign-in")
+        session: Session | None = await self._backend(
+            self.ledger.session_by_serial(serial, self.now_ms()))
+        if session is None:
+            raise APIError(f"serial {serial} is no live sign-in session: sign in (DD01) again")
+        pki = call["pki"]
+        if pki is not None and pki != f"{session.pki_no:08d}" and pki != str(session.pki_no):
+            raise APIError(f"pki {pki} is not the PKI card of serial {serial}")
+        userid = user_id_of(call["userinfo"])
+        if userid.encode() != session.user_id:
+            raise APIError(f"userid {userid} is not the terminal of serial {serial}")
+        return session
+
+    @staticmethod
+    def card_of(call: Call) -> CardIdentity:
+        if call["step"] != 0:
+            raise APIError(f"card reading stopped at step {call['step']}: run toreader to the "
+                           "end (step 0)")
+        try:
+            answers = [cardscript.Answer.decode(entry) for entry in call["reqinfo"]]
+            return cardscript.identify(answers)
+        except ScriptError as e:
+            raise APIError(f"reqinfo: {e}") from None
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    async def appl_login(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
+        await self.check_platform(call)
+        if call["type"] != 5:
+            raise APIError(f"type {call['type']} is not supported: 5 (create a third-party "
+                           "recharge order)")
+        biz = call["biz_serial_no"]
+        if not BIZ_SERIAL.match(biz):
+            raise APIError("biz_serial_no must be 1-64 letters, digits, '_' or '-'")
+        money = call["money"]
+        if not 0 < money <= MAX_MONEY:
+            raise APIError(f"money must be 1..{MAX_MONEY} fen")
+        userid = user_id_of(call["userinfo"])
+        card = await self._backend(self.pki.card_for_user(userid.encode()))
+        if card is None:
+            raise APIError(f"no terminal is registered for userid {userid}")
+        session = await self._backend(self.ledger.session(card.pki_no, self.now_ms()))
+        if session is None:
+            raise APIError(f"terminal {userid} is not signed in: sign in (DD01) first")
+        fingerprint = hashlib.sha256(json.dumps([userid, money, call["type"]]).encode()).hexdigest()
+        payment, created = await self._backend(self.ledger.register_payment(
+            call["platform"], biz, money, userid, card.pki_no, fingerprint, self.now_ms()))
+        log.info("order API: payment {platform}/{biz} of {money} fen {what}",
+                 platform=call["platform"], biz=biz, money=payment.money,
+                 what="registered" if created else "repeated")
+        return {}, {
+            "pki": f"{card.pki_no:08d}",
+            "serial": session.serial,
+            "key": key_check_value(session.session_key),
+            "toreader": [step.encode() for step in cardscript.IDENTIFY],
+        }
+
+    async def acct_query(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
+        await self.check_platform(call)
+        session = await self.live_session(call)
+        card = self.card_of(call)
+        conditions = {c.strip() for c in call["qrycondition"].split(",") if c.strip()}
+        unknown = conditions - QUERY_CONDITIONS
+        if unknown:
+            raise APIError(f"qrycondition {sorted(unknown)[0]!r} is unknown (one of "
+                           f"{', '.join(sorted(QUERY_CONDITIONS))})")
+        since = until = None
+        if "time" in conditions:
+            if not call["starttime"] or not call["endtime"]:
+                raise APIError("qrycondition time needs starttime and endtime")
+            start = _yyyymmdd(call["starttime"], "starttime")
+            end = _yyyymmdd(call["endtime"], "endtime") + timedelta(days=1)
+            if end <= start:
+                raise APIError("endtime is before starttime")
+            since, until = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+        states: list[OrderState] | None = None
+        if "orderstep" in conditions and call["orderstep"] not in (None, "00"):
+            wanted = call["orderstep"]
+            if wanted not in ("01", "02", "03", "04", "05", "06"):
+                raise APIError(f"orderstep {wanted!r} is unknown (00-06)")
+            states = [s for s, code in ORDER_STEPS.items() if code == wanted] or []
+        order_no = None
+        if "orderid" in conditions:
+            if not call["orderid"]:
+                raise APIError("qrycondition orderid needs orderid")
+            order_no = call["orderid"]
+        orders: list[Order] = []
+        if states != [] and ("payway" not in conditions or call["payway"] == PAYWAY_THIRD_PARTY):
+            orders = await self._backend(self.ledger.orders_for_card(
+                card.logical_no, since, until, states, order_no))
+        log.info("order API: account query of card {card} by PKI {pki}: {n} records",
+                 card=mask_card(card.logical_no), pki=session.pki_no, n=len(orders))
+        return ({"acctstatus": "00", "chargerecordnum": len(orders)},
+                {"pki": f"{session.pki_no:08d}", "acctresult": [acct_record(o) for o in orders]})
+
+    async def create_order(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
+        await self.check_platform(call)
+        session = await self.live_session(call)
+        card_key = await self._backend(self.pki.lookup(session.pki_no))
+        if card_key is None or not card_key.active:
+            raise APIError(f"PKI card {session.pki_no} is not active")
+        if call["crt_version"] != card_key.key_version:
+            raise APIError(f"crt_version {call['crt_version']} is not the key version of PKI "
+                           f"card {session.pki_no}")
+        try:
+            signature = bytes.fromhex(call["Sign"])
+        except ValueError:
+            raise APIError("Sign is not hex") from None
+        signed = (f"{call.timestamp}{call['version']}{call['platformRaw']}"
+                  f"{call['crt_version']}{call.data}")
+        if not verify(card_key.public_key, signed.encode(), signature):
+            raise APIError("Sign does not verify with the terminal's public key")
+        if call["chargetype"] != 0:
+            raise APIError(f"chargetype {call['chargetype']} is not supported: 0 (merchant load)")
+        if call["transtype"] != 1:
+            raise APIError(f"transtype {call['transtype']} is not supported: 1 (recharge)")
+        amount = call["chargeamt"]
+        if not 0 < amount <= MAX_MONEY:
+            raise APIError(f"chargeamt must be 1..{MAX_MONEY} fen")
+        biz = call["biz_serial_no"]
+        if not BIZ_SERIAL.match(biz):
+            raise APIError("biz_serial_no must be 1-64 letters, digits, '_' or '-'")
+        card = self.card_of(call)
+        if card.kind is CardKind.CPU and card.balance is not None \
+                and card.balance + amount > CPU_BALANCE_LIMIT:
+            raise APIError(f"card balance {card.balance} + chargeamt {amount} exceeds the card "
+                           f"limit of {CPU_BALANCE_LIMIT} fen")
+        order, created = await self._backend(self.ledger.create_order(
+            call["platform"], biz, session.pki_no, card, amount, self.now_ms()))
+        log.info("order API: order {order} for card {card}, {amount} fen {what}",
+                 order=order.order_no, card=mask_card(card.logical_no), amount=amount,
+                 what="created" if created else "repeated")
+        return {}, {"pki": f"{session.pki_no:08d}", "order": order.order_no}
+
+
+class Endpoint(Resource):
+    """One API path: POST only; every outcome is an enveloped JSON answer."""
+
+    isLeaf = True
+
+    def __init__(self, name: str, api: OrderAPI, spec: tuple[Field, ...], handler: Handler
+                 ) -> None:
+        super().__init__()
+        self.name = name
+        self.api = api
+        self.spec = spec
+        self.handler = handler
+
+    def render(self, request: Request) -> bytes | int:
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            return write_json(request, {"error": f"/{self.name} takes POST"}, 405)
+        body = request.content.read() if request.content is not None else b""
+        Deferred.fromCoroutine(self._answer(request, body))
+        return NOT_DONE_YET
+
+    async def _answer(self, request: Request, body: bytes) -> None:
+        api = self.api
+        try:
+            call = api.check_envelope(body, self.spec)
+            clear, secret = await self.handler(call)
+            message = envelope.seal(
+                {"timestamp": api.now_ms(), "status": 1, "errmsg": "", **clear}, secret,
+                upper=False)
+        except APIError as e:
+            log.info("order API /{name}: refused: {why}", name=self.name, why=str(e))
+            message = envelope.seal({"timestamp": api.now_ms(), "status": 0,
+                                     "errmsg": str(e)}, {})
+        except Exception:
+            log.failure("order API /{name}: internal error", Failure(), name=self.name)
+            message = envelope.seal({"timestamp": api.now_ms(), "status": 0,
+                                     "errmsg": "internal error; the request may be repeated"},
+                                    {})
+        finish_json(request, message)
+
+
+def install(root: Resource, api: OrderAPI) -> None:
+    root.putChild(b"APPLLogin", Endpoint("APPLLogin", api, APPL_LOGIN, api.appl_login))
+    root.putChild(b"AcctQueryLNT", Endpoint("AcctQueryLNT", api, ACCT_QUERY, api.acct_query))
+    root.putChild(b"CreateAutoLoadOrder",
+                  Endpoint("CreateAutoLoadOrder", api, CREATE_ORDER, api.create_order))
+
