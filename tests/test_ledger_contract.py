@@ -20,10 +20,20 @@ from twisted.internet import defer
 
 from lnt.backends.database import DSN, Database, DatabaseConfigError, SyncDatabase, result_of
 from lnt.backends.keys import CardKeyFile, PlatformKeys, key_from_scalar
-from lnt.backends.ledger import SQLLedger
+from lnt.backends.ledger import SQLLedger, UnbalancedEntry, post
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.schema import LATEST, MIGRATIONS, SchemaTooNew, migrate
-from lnt.records import AlreadyExists, CardStatus, PKICard
+from lnt.records import (
+    AlreadyExists,
+    CardIdentity,
+    CardKind,
+    CardStatus,
+    Conflict,
+    NotFound,
+    OrderState,
+    PKICard,
+    Platform,
+)
 from tests.conftest import postgres_dsn
 
 USER = b"terminal-0000001"
@@ -242,3 +252,84 @@ def test_property_session_accepted_iff_counter_increases(tmp_path: Path,
     live = result_of(ledger.session(1, 1))
     assert live is not None and live.serial == accepted
     db.close()
+
+
+# -- payments, orders, journal ----------------------------------------------------------------
+
+CARD = CardIdentity(CardKind.CPU, "5100000000000001", "0011223344556677", 0)
+OTHER_CARD = CardIdentity(CardKind.M1, "5100000000000002", "00000000a1b2c3d4", None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_payments_and_orders(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    ledger, pki = stores
+    await pki.register(card())
+    assert await ledger.add_platform(Platform(7, "bikes")) is True
+    assert await ledger.add_platform(Platform(7, "bikes")) is False
+    assert await ledger.platform(7) == Platform(7, "bikes", True)
+    assert await ledger.platform(8) is None
+    with pytest.raises(NotFound):
+        await ledger.create_order(7, "B1", 1001, CARD, 500, 0)
+    p, created = await ledger.register_payment(7, "B1", 500, "u", 1001, "fp", 1_795_400_000_000)
+    assert created and p.money == 500
+    p2, created = await ledger.register_payment(7, "B1", 500, "u", 1001, "fp", 1)
+    assert not created and p2 == p
+    with pytest.raises(Conflict):
+        await ledger.register_payment(7, "B1", 501, "u", 1001, "other", 1)
+    with pytest.raises(Conflict):
+        await ledger.create_order(7, "B1", 1001, CARD, 400, 0)
+    # 2026-11-23 20:00 UTC is 2026-11-24 04:00 in China: the order number takes the China date
+    order, created = await ledger.create_order(7, "B1", 1001, CARD, 500, 1_795_464_000_000)
+    assert created and order.state is OrderState.CREATED
+    assert order.order_no.startswith("20261124") and len(order.order_no) == 20  # China date
+    again, created = await ledger.create_order(7, "B1", 1001, CARD, 500, 5)
+    assert not created and again == order
+    with pytest.raises(Conflict):
+        await ledger.create_order(7, "B1", 1001, OTHER_CARD, 500, 5)
+    assert await ledger.order(order.order_no) == order
+    assert await ledger.orders_for_card(CARD.logical_no, None, None, None, None) == [order]
+    assert await ledger.orders_for_card(CARD.logical_no, None, None,
+                                        [OrderState.LOADED], None) == []
+    assert await ledger.orders_for_card(CARD.logical_no, 0, 1, None, None) == []
+    assert await ledger.balances() == {"platform:7:receivable": 500,
+                                       "orders:awaiting-load": -500}
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_duplicates_move_money_once(stores: tuple[SQLLedger, LedgerPKI],
+                                                     dsn: DSN) -> None:
+    """However often and concurrently a biz_serial_no is sent: one payment, one order."""
+    _, pki = stores
+    await pki.register(card())
+    ledgers = []
+    for _ in range(4):  # four "daemons", each with its own pool
+        db = Database(dsn)
+        db.start()
+        ledgers.append(SQLLedger(db, KEYS.sealer()))
+    try:
+        await ledgers[0].add_platform(Platform(7, "bikes"))
+        results = await defer.gatherResults([
+            lg.register_payment(7, "DUP", 300, "u", 1001, "fp", 1)
+            for lg in ledgers for _ in range(3)])
+        assert sum(created for _, created in results) == 1
+        orders = await defer.gatherResults([
+            lg.create_order(7, "DUP", 1001, CARD, 300, 2) for lg in ledgers for _ in range(3)])
+        assert sum(created for _, created in orders) == 1
+        assert len({o.order_no for o, _ in orders}) == 1
+        assert await ledgers[0].balances() == {"platform:7:receivable": 300,
+                                               "orders:awaiting-load": -300}
+    finally:
+        for lg in ledgers:
+            lg.close()
+
+
+def test_journal_refuses_unbalanced_entries(dsn: DSN) -> None:
+    migrate(dsn)
+    db = SyncDatabase(dsn)
+    try:
+        with pytest.raises(UnbalancedEntry):
+            result_of(db.runInteraction("t", post, "x", "r", 0, [("a", 5), ("b", -4)]))
+        result_of(db.runInteraction("t", post, "x", "r", 0, [("a", 5), ("b", -5)]))
+        assert result_of(SQLLedger(db, KEYS.sealer()).balances()) == {"a": 5, "b": -5}
+    finally:
+        db.close()
