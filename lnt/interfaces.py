@@ -24,11 +24,13 @@ if TYPE_CHECKING:
     from lnt.records import (
         CardIdentity,
         CPULoad,
+        Load,
         Order,
         OrderState,
         Payment,
         PKICard,
         Platform,
+        ReconRow,
         Session,
     )
 
@@ -202,6 +204,55 @@ class ILedger(Interface):
 
     def balances() -> Deferred[dict[str, int]]:
         """Every journal account's balance, derived from the postings."""
+
+    def reserve_sm_seq(pki_no: int, serial: str, count: int) -> Deferred[int]:
+        """
+        Reserve C{count} secure-messaging sequence numbers of a session; returns the first.
+        Never the same number twice for one session key (AES-CTR nonces depend on it).
+        Errbacks with L{lnt.records.NotFound} when the session was replaced meanwhile.
+        """
+
+    def begin_load(load: Load) -> Deferred[Load]:
+        """
+        Record a load as pending and mark its order pending, in one transaction: durable before
+        MAC2 (or the M1 write) may leave. Errbacks with L{lnt.records.Conflict} when the order
+        is not waiting for a load (used, or taken by another terminal) or is for another
+        card or amount, L{lnt.records.NotFound} without such an order.
+        """
+
+    def load(order_no: str) -> Deferred[Load | None]:
+        """The order's load, if one was begun."""
+
+    def settle_load(order_no: str, tac: str | None, new_balance: int, now_ms: int
+                    ) -> Deferred[Load]:
+        """
+        The pending load happened: mark it loaded and post it (awaiting load -> card float).
+        Repeating it returns the settled load and posts nothing; errbacks with Conflict when
+        the load was reversed.
+        """
+
+    def reverse_load(order_no: str, now_ms: int) -> Deferred[Load]:
+        """
+        The pending load provably did not happen: mark it reversed and post it (awaiting load
+        -> reversed). Repeating it returns the reversed load; errbacks with Conflict when the
+        load was settled.
+        """
+
+    def note_deposit_seq(pki_no: int, seq: int) -> Deferred[bool]:
+        """Accept a reader's deposit counter if it is above the last one (else a replay)."""
+
+    def record_deposit(logical_no: str, physical_no: str, op: int, flag: int, pki_no: int,
+                       now_ms: int) -> Deferred[int]:
+        """Record an open/close-card operation; returns its record ID."""
+
+    def deposit_flag(logical_no: str) -> Deferred[int | None]:
+        """The card's deposit flag as last recorded, if ever."""
+
+    def check() -> Deferred[list[str]]:
+        """Every inconsistency between the journal, orders and loads; [] when all agree."""
+
+    def reconcile(day: str, platform_no: int | None) -> Deferred[list[ReconRow]]:
+        """The loads settled on a China-time day (YYYYMMDD), by platform and biz_serial_no."""
 
     def close() -> None:
         """Release the database connections; pending transactions finish first."""

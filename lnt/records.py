@@ -121,6 +121,52 @@ class Order:
     updated_ms: int
 
 
+class LoadState(StrEnum):
+    PENDING = "pending"
+    LOADED = "loaded"
+    REVERSED = "reversed"
+
+
+@dataclass(frozen=True)
+class Load:
+    """
+    One load of an order onto a card: written as pending before MAC2 (or the M1 write) leaves
+    the platform, then settled (loaded) or reversed, never both, never twice.
+    """
+
+    order_no: str
+    pki_no: int
+    card_kind: CardKind
+    logical_no: str
+    physical_no: str
+    amount: int
+    old_balance: int
+    #: CPU: the online serial INITIALIZE FOR LOAD returned; M1: None
+    online_serial: int | None
+    #: 6 bytes hex
+    terminal_id: str
+    #: date and time of the load, 14 BCD digits YYYYMMDDhhmmss (China time)
+    load_time: str
+    key_version: int
+    state: LoadState
+    tac: str | None
+    new_balance: int | None
+    created_ms: int
+    updated_ms: int
+
+
+@dataclass(frozen=True)
+class ReconRow:
+    """One loaded order in the day's reconciliation."""
+
+    platform_no: int
+    biz_serial_no: str
+    order_no: str
+    logical_no: str
+    amount: int
+    loaded_ms: int
+
+
 class MACError(Exception):
     """A card's MAC (MAC1, TAC) does not verify: the card or the message is not genuine."""
 

@@ -13,14 +13,13 @@ from lnt import cardscript, pboc
 from lnt.backends.core import CoreKeys, FileCoreModule
 from lnt.backends.database import result_of
 from lnt.cardscript import IDENTIFY, Answer, ScriptError, Step, identify
+from lnt.recharge import parse_value_block, value_block
 from lnt.records import CPU_BALANCE_LIMIT, CardKind, CPULoad, MACError
 from lnt.sim.cards import (
     CPUCard,
     M1Card,
     load_card,
-    parse_value_block,
     save_new,
-    value_block,
 )
 
 CORE = CoreKeys(bytes(range(16)), bytes(range(16, 32)), bytes(range(32, 48)))

@@ -23,11 +23,14 @@ from lnt.records import (
     CardIdentity,
     CardKind,
     Conflict,
+    Load,
+    LoadState,
     NotFound,
     Order,
     OrderState,
     Payment,
     Platform,
+    ReconRow,
     Session,
 )
 
@@ -289,6 +292,134 @@ class SQLLedger:
 
         return self.db.runInteraction("orders_for_card", txn)
 
+    # -- loads ----------------------------------------------------------------------------------
+
+    def reserve_sm_seq(self, pki_no: int, serial: str, count: int) -> Deferred[int]:
+        def txn(cur: Cursor) -> int:
+            row = cur.execute("UPDATE sessions SET sm_seq = sm_seq + ? WHERE pki_no = ? AND"
+                              " serial = ? RETURNING sm_seq", (count, pki_no, serial)).fetchone()
+            if row is None:
+                raise NotFound(f"session {serial} of PKI card {pki_no} is gone")
+            return int(row[0]) - count + 1
+
+        return self.db.runInteraction("reserve_sm_seq", txn)
+
+    def begin_load(self, load: Load) -> Deferred[Load]:
+        def txn(cur: Cursor) -> Load:
+            row = cur.execute("SELECT state, logical_no, amount FROM orders WHERE order_no = ?",
+                              (load.order_no,)).fetchone()
+            if row is None:
+                raise NotFound(f"no order {load.order_no}")
+            if (row[1], int(row[2])) != (load.logical_no, load.amount):
+                raise Conflict(f"order {load.order_no} is for another card or amount")
+            cur.execute("UPDATE orders SET state = ?, updated_ms = ? WHERE order_no = ? AND"
+                        " state = ?", (OrderState.PENDING.value, load.created_ms, load.order_no,
+                                       OrderState.CREATED.value))
+            if cur.rowcount != 1:
+                raise Conflict(f"order {load.order_no} is {row[0]}, not waiting for a load")
+            cur.execute(f"INSERT INTO loads ({_LOAD}) VALUES"
+                        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _load_row(load))
+            return load
+
+        return self.db.runInteraction("begin_load", txn)
+
+    def load(self, order_no: str) -> Deferred[Load | None]:
+        def txn(cur: Cursor) -> Load | None:
+            row = cur.execute(f"SELECT {_LOAD} FROM loads WHERE order_no = ?",
+                              (order_no,)).fetchone()
+            return None if row is None else _load(row)
+
+        return self.db.runInteraction("load", txn)
+
+    def _finish_load(self, order_no: str, state: LoadState, tac: str | None,
+                     new_balance: int | None, now_ms: int) -> Deferred[Load]:
+        def txn(cur: Cursor) -> Load:
+            row = cur.execute(f"SELECT {_LOAD} FROM loads WHERE order_no = ?",
+                              (order_no,)).fetchone()
+            if row is None:
+                raise NotFound(f"no load of order {order_no}")
+            current = _load(row)
+            if current.state is state:
+                return current  # said twice: the first one counts
+            if current.state is not LoadState.PENDING:
+                raise Conflict(f"load of order {order_no} is {current.state.value} already")
+            cur.execute("UPDATE loads SET state = ?, tac = ?, new_balance = ?, updated_ms = ?"
+                        " WHERE order_no = ? AND state = 'pending'",
+                        (state.value, tac, new_balance, now_ms, order_no))
+            if cur.rowcount != 1:  # pragma: no cover - serialised by the transaction
+                raise Conflict(f"load of order {order_no} changed meanwhile")
+            order_state = OrderState.LOADED if state is LoadState.LOADED else OrderState.REVERSED
+            cur.execute("UPDATE orders SET state = ?, updated_ms = ? WHERE order_no = ?",
+                        (order_state.value, now_ms, order_no))
+            other = ACCOUNT_CARD_FLOAT if state is LoadState.LOADED else ACCOUNT_REVERSED
+            post(cur, "load" if state is LoadState.LOADED else "reversal", order_no, now_ms,
+                 [(ACCOUNT_AWAITING_LOAD, current.amount), (other, -current.amount)])
+            return Load(**{**current.__dict__, "state": state, "tac": tac,
+                           "new_balance": new_balance, "updated_ms": now_ms})
+
+        return self.db.runInteraction(f"{state.value} load", txn)
+
+    def settle_load(self, order_no: str, tac: str | None, new_balance: int,
+                    now_ms: int) -> Deferred[Load]:
+        return self._finish_load(order_no, LoadState.LOADED, tac, new_balance, now_ms)
+
+    def reverse_load(self, order_no: str, now_ms: int) -> Deferred[Load]:
+        return self._finish_load(order_no, LoadState.REVERSED, None, None, now_ms)
+
+    # -- open / close card ----------------------------------------------------------------------
+
+    def note_deposit_seq(self, pki_no: int, seq: int) -> Deferred[bool]:
+        def txn(cur: Cursor) -> bool:
+            cur.execute("UPDATE pki_cards SET last_deposit_seq = ? WHERE pki_no = ? AND"
+                        " last_deposit_seq < ?", (seq, pki_no, seq))
+            return cur.rowcount == 1
+
+        return self.db.runInteraction("note_deposit_seq", txn)
+
+    def record_deposit(self, logical_no: str, physical_no: str, op: int, flag: int,
+                       pki_no: int, now_ms: int) -> Deferred[int]:
+        def txn(cur: Cursor) -> int:
+            row = cur.execute("INSERT INTO deposits (logical_no, physical_no, op, flag, pki_no,"
+                              " at_ms) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                              (logical_no, physical_no, op, flag, pki_no, now_ms)).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        return self.db.runInteraction("record_deposit", txn)
+
+    def deposit_flag(self, logical_no: str) -> Deferred[int | None]:
+        def txn(cur: Cursor) -> int | None:
+            row = cur.execute("SELECT flag FROM deposits WHERE logical_no = ? ORDER BY id DESC"
+                              " LIMIT 1", (logical_no,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return self.db.runInteraction("deposit_flag", txn)
+
+    # -- checks -----------------------------------------------------------------------------------
+
+    def check(self) -> Deferred[list[str]]:
+        """Every inconsistency between the journal, the orders and the loads (none: [])."""
+        return self.db.runInteraction("check", _check)
+
+    def reconcile(self, day: str, platform_no: int | None) -> Deferred[list[ReconRow]]:
+        start = datetime.strptime(day, "%Y%m%d").replace(tzinfo=CHINA)
+        since = int(start.timestamp() * 1000)
+        until = since + 86_400_000
+
+        def txn(cur: Cursor) -> list[ReconRow]:
+            sql = ("SELECT o.platform_no, o.biz_serial_no, o.order_no, o.logical_no, l.amount,"
+                   " l.updated_ms FROM loads l JOIN orders o ON o.order_no = l.order_no"
+                   " WHERE l.state = 'loaded' AND l.updated_ms >= ? AND l.updated_ms < ?")
+            params: list[object] = [since, until]
+            if platform_no is not None:
+                sql += " AND o.platform_no = ?"
+                params.append(platform_no)
+            sql += " ORDER BY o.platform_no, o.biz_serial_no"
+            return [ReconRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), int(r[5]))
+                    for r in cur.execute(sql, params).fetchall()]
+
+        return self.db.runInteraction("reconcile", txn)
+
     def balances(self) -> Deferred[dict[str, int]]:
         """Every account's balance, derived from the postings."""
 
@@ -331,6 +462,66 @@ def post(cur: Cursor, kind: str, reference: str, now_ms: int,
     assert row is not None
     cur.executemany("INSERT INTO postings (entry_id, account, amount) VALUES (?, ?, ?)",
                     [(row[0], account, amount) for account, amount in postings])
+
+
+_LOAD = ("order_no, pki_no, card_kind, logical_no, physical_no, amount, old_balance,"
+         " online_serial, terminal_id, load_time, key_version, state, tac, new_balance,"
+         " created_ms, updated_ms")
+
+
+def _load_row(load: Load) -> tuple[Any, ...]:
+    return (load.order_no, load.pki_no, load.card_kind.value, load.logical_no, load.physical_no,
+            load.amount, load.old_balance, load.online_serial, load.terminal_id, load.load_time,
+            load.key_version, load.state.value, load.tac, load.new_balance, load.created_ms,
+            load.updated_ms)
+
+
+def _load(row: tuple[Any, ...]) -> Load:
+    return Load(str(row[0]), int(row[1]), CardKind(row[2]), str(row[3]), str(row[4]),
+                int(row[5]), int(row[6]), None if row[7] is None else int(row[7]), str(row[8]),
+                str(row[9]), int(row[10]), LoadState(row[11]), row[12],
+                None if row[13] is None else int(row[13]), int(row[14]), int(row[15]))
+
+
+def _check(cur: Cursor) -> list[str]:
+    problems: list[str] = []
+    for entry, total in cur.execute("SELECT entry_id, SUM(amount) FROM postings GROUP BY"
+                                    " entry_id HAVING SUM(amount) <> 0").fetchall():
+        problems.append(f"journal entry {entry} does not balance ({total})")
+    for (entry,) in cur.execute("SELECT id FROM journal_entries e WHERE NOT EXISTS (SELECT 1"
+                                " FROM postings p WHERE p.entry_id = e.id)").fetchall():
+        problems.append(f"journal entry {entry} has no postings")
+    entries: dict[tuple[str, str], list[int]] = {}
+    for kind, ref, amount in cur.execute(
+            "SELECT e.kind, e.reference, p.amount FROM journal_entries e JOIN postings p ON"
+            " p.entry_id = e.id WHERE p.amount > 0").fetchall():
+        entries.setdefault((str(kind), str(ref)), []).append(int(amount))
+    for platform, biz, money in cur.execute(
+            "SELECT platform_no, biz_serial_no, money FROM payments").fetchall():
+        if entries.get(("payment", f"{platform}:{biz}")) != [int(money)]:
+            problems.append(f"payment {platform}:{biz} is not posted exactly once")
+    orders = {str(r[0]): (str(r[1]), int(r[2])) for r in
+              cur.execute("SELECT order_no, state, amount FROM orders").fetchall()}
+    loads = {str(r[0]): _load(r) for r in
+             cur.execute(f"SELECT {_LOAD} FROM loads").fetchall()}
+    for order_no, (state, amount) in orders.items():
+        load = loads.get(order_no)
+        posted_load = entries.get(("load", order_no), [])
+        posted_rev = entries.get(("reversal", order_no), [])
+        expected = {
+            "created": (None, [], []),
+            "pending": (LoadState.PENDING, [], []),
+            "loaded": (LoadState.LOADED, [amount], []),
+            "reversed": (LoadState.REVERSED, [], [amount]),
+        }[state]
+        if (load.state if load else None, posted_load, posted_rev) != expected:
+            problems.append(f"order {order_no} is {state} but its load is "
+                            f"{load.state.value if load else 'absent'} with {len(posted_load)}"
+                            f" load and {len(posted_rev)} reversal entries")
+        if load is not None and load.state is LoadState.LOADED and (
+                load.new_balance != load.old_balance + load.amount or load.amount != amount):
+            problems.append(f"order {order_no}: loaded balance does not add up")
+    return problems
 
 
 _PAYMENT = "platform_no, biz_serial_no, money, user_id, pki_no, created_ms, fingerprint"

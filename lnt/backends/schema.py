@@ -118,6 +118,42 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         CREATE INDEX postings_entry ON postings (entry_id);
         """,
     ),
+    (
+        3,
+        """
+        ALTER TABLE sessions ADD COLUMN sm_seq {bigint} NOT NULL DEFAULT 0;
+        ALTER TABLE pki_cards ADD COLUMN last_deposit_seq {bigint} NOT NULL DEFAULT 0;
+        CREATE TABLE loads (
+            order_no TEXT PRIMARY KEY REFERENCES orders (order_no),
+            pki_no {bigint} NOT NULL,
+            card_kind TEXT NOT NULL,
+            logical_no TEXT NOT NULL,
+            physical_no TEXT NOT NULL,
+            amount {bigint} NOT NULL,
+            old_balance {bigint} NOT NULL,
+            online_serial INTEGER,
+            terminal_id TEXT NOT NULL,
+            load_time TEXT NOT NULL,
+            key_version INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'loaded', 'reversed')),
+            tac TEXT,
+            new_balance {bigint},
+            created_ms {bigint} NOT NULL,
+            updated_ms {bigint} NOT NULL
+        );
+        CREATE INDEX loads_state ON loads (state);
+        CREATE TABLE deposits (
+            id {serial},
+            logical_no TEXT NOT NULL,
+            physical_no TEXT NOT NULL,
+            op INTEGER NOT NULL,
+            flag INTEGER NOT NULL,
+            pki_no {bigint} NOT NULL,
+            at_ms {bigint} NOT NULL
+        );
+        CREATE INDEX deposits_card ON deposits (logical_no, id);
+        """,
+    ),
 )
 
 #: The version this code writes.

@@ -129,15 +129,18 @@ class FlowProtocol(Protocol):
 
     # -- stage helpers ----------------------------------------------------------------------
 
-    def reply(self, request: Request, info: bytes, *, expect: int) -> Deferred[Request]:
+    def reply(self, request: Request, info: bytes, *, expect: int,
+              header: int | None = None) -> Deferred[Request]:
         """
         Answer C{request} with "continue, success" and C{info}; fire with the next request,
         which must be stage C{expect} (anything else ends the flow with A0 before this fires).
+        C{header} answers with another stage than the next one (a flow that skips ahead,
+        e.g. to the read-back); by default the answer is the request's stage + 1.
         If the connection has already ended, the coroutine stops here.
         """
         if self._done:
             raise _Closed("connection already closed")
-        self._send(request, FlowIndicator.CONTINUE, InfoCode.SUCCESS, info)
+        self._send(request, FlowIndicator.CONTINUE, InfoCode.SUCCESS, info, header)
         d: Deferred[Request] = Deferred()
         self._waiting = d
         self._expect = expect
@@ -145,10 +148,11 @@ class FlowProtocol(Protocol):
         return d
 
     def finish(
-        self, request: Request, code: InfoCode = InfoCode.SUCCESS, info: bytes = b""
+        self, request: Request, code: InfoCode = InfoCode.SUCCESS, info: bytes = b"",
+        header: int | None = None,
     ) -> None:
         """Answer C{request} with "end of flow" and C{code}, then close."""
-        self._send(request, FlowIndicator.END, code, info)
+        self._send(request, FlowIndicator.END, code, info, header)
         self._close("finished")
 
     def backend(self, work: Coroutine[Any, Any, T] | Deferred[T], what: str) -> Deferred[T]:
@@ -300,10 +304,11 @@ class FlowProtocol(Protocol):
             self._send(self._current, FlowIndicator.END, error.code, b"")
         self._close(f"ended with {error.code.name}")
 
-    def _send(self, request: Request, flow: FlowIndicator, code: InfoCode, info: bytes) -> None:
+    def _send(self, request: Request, flow: FlowIndicator, code: InfoCode, info: bytes,
+              header: int | None = None) -> None:
         self._send_raw(
             Response(
-                header=response_header(request.header),
+                header=header or response_header(request.header),
                 user_id=request.user_id,
                 flow=flow,
                 code=code,

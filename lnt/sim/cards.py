@@ -22,6 +22,7 @@ from typing import Any
 from Crypto.Random import get_random_bytes
 
 from lnt import pboc
+from lnt.recharge import value_block
 from lnt.records import CPU_BALANCE_LIMIT
 from lnt.wire import encode_bcd
 
@@ -29,6 +30,7 @@ SW_OK = b"\x90\x00"
 SW_WRONG_LENGTH = b"\x67\x00"
 SW_CONDITIONS = b"\x69\x85"  # e.g. no INITIALIZE FOR LOAD before CREDIT, or over the limit
 SW_FILE_NOT_FOUND = b"\x6a\x82"
+SW_NO_RECORD = b"\x6a\x83"
 SW_WRONG_P1P2 = b"\x6a\x86"
 SW_INS = b"\x6d\x00"
 SW_CLA = b"\x6e\x00"
@@ -65,6 +67,9 @@ class CPUCard:
     key_version: int = 1
     algorithm: int = 0
     deposit_flag: int = 1
+    #: the online serial and TAC of the card's last load, for GET TRANSACTION PROOF
+    last_load_serial: int | None = None
+    last_tac: str | None = None
     path: Path | None = field(default=None, repr=False, compare=False)
     _selected: str = field(default="MF", repr=False, compare=False)
     _pending: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -94,6 +99,10 @@ class CPUCard:
                        if k not in ("path", "_selected", "_pending")}
             _save(self.path, {"kind": self.kind, **content})
 
+    def set_deposit(self, flag: int) -> None:
+        self.deposit_flag = flag
+        self.save()
+
     def ef15(self) -> bytes:
         """Public application data: issuer (8) | logical number (8 BCD) | type (2) | issued (4) |
         expires (4) | deposit flag (1) | reserved (3)."""
@@ -107,6 +116,10 @@ class CPUCard:
             return SW_WRONG_LENGTH
         cla, ins, p1, p2 = command[:4]
         body = command[5 : 5 + command[4]] if len(command) > 4 else b""
+        if (cla, ins) != (0x80, 0x52):
+            # Any command but CREDIT FOR LOAD ends a pending INITIALIZE FOR LOAD, as on a
+            # PBOC card: after a read-back, a late MAC2 can no longer load anything.
+            self._pending = None
         if (cla, ins) == (0xFF, 0xCA):
             return bytes.fromhex(self.uid) + SW_OK
         if (cla, ins) == (0x00, 0xA4):
@@ -123,6 +136,8 @@ class CPUCard:
             return self._initialize_for_load(p1, p2, body)
         if (cla, ins) == (0x80, 0x52):
             return self._credit_for_load(body)
+        if (cla, ins) == (0x80, 0x5A):
+            return self._transaction_proof(body)
         return SW_INS if cla in (0x00, 0x80) else SW_CLA
 
     def _select(self, fid: bytes) -> bytes:
@@ -173,31 +188,21 @@ class CPUCard:
             return SW_MAC
         self.balance += pending["amount"]
         self.online_serial += 1
-        self.save()
         t = pboc.tac(bytes.fromhex(self.dtk), self.balance, pending["serial"], pending["amount"],
                      pending["terminal"], when)
+        self.last_load_serial, self.last_tac = pending["serial"], t.hex()
+        self.save()
         return t + SW_OK
 
-
-def value_block(value: int, address: int) -> bytes:
-    """A MIFARE value block: value, its inverse, value (4 bytes LE each), address and inverses."""
-    v = struct.pack("<i", value)
-    inv = bytes(b ^ 0xFF for b in v)
-    a = address & 0xFF
-    return v + inv + v + bytes((a, a ^ 0xFF, a, a ^ 0xFF))
-
-
-def parse_value_block(block: bytes) -> int | None:
-    """The value of a well-formed value block, else C{None} (damaged)."""
-    if len(block) != 16:
-        return None
-    v, inv, v2 = block[:4], block[4:8], block[8:12]
-    a = block[12:16]
-    if v != v2 or bytes(b ^ 0xFF for b in v) != inv:
-        return None
-    if a[0] != a[2] or a[1] != a[3] or a[0] ^ 0xFF != a[1]:
-        return None
-    return int(struct.unpack("<i", v)[0])
+    def _transaction_proof(self, body: bytes) -> bytes:
+        """GET TRANSACTION PROOF (80 5A 00 02 02 serial): the TAC of the last load if it had
+        this online serial; else the card's current online serial and 6A83 (no such record)."""
+        if len(body) != 2:
+            return SW_WRONG_LENGTH
+        (serial,) = struct.unpack(">H", body)
+        if self.last_load_serial == serial and self.last_tac is not None:
+            return bytes.fromhex(self.last_tac) + SW_OK
+        return struct.pack(">H", self.online_serial) + SW_NO_RECORD
 
 
 @dataclass
@@ -245,6 +250,10 @@ class M1Card:
                 return SW_AUTH
             return bytes.fromhex(self.blocks.get(str(block), "00" * 16)) + SW_OK
         return SW_INS  # an M1 card speaks no ISO 7816 APDUs
+
+    def set_deposit(self, flag: int) -> None:
+        self.deposit_flag = flag
+        self.save()
 
     def authenticate(self, sector: int, key: bytes) -> bool:
         ok = self.keys.get(str(sector)) == key.hex()

@@ -11,3 +11,17 @@ signin = FlowPlugin(
     protocol="lnt.flows.signin.SignInFlow",
     description="DD01-DD08: mutual authentication of the terminal's PKI card; opens a session",
 )
+
+recharge = FlowPlugin(
+    name="recharge",
+    first_header=0xDD11,
+    protocol="lnt.flows.recharge.RechargeFlow",
+    description="DD11-DD22: load an order onto a CPU or M1 card; settles or reverses in doubt",
+)
+
+card_deposit = FlowPlugin(
+    name="card-deposit",
+    first_header=0xDD73,
+    protocol="lnt.flows.recharge.DepositFlow",
+    description="DD73-DD74: open or close a card (its deposit flag), online",
+)

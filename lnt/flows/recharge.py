@@ -1,0 +1,462 @@
+"""
+Recharge, DD11-DD22, on CPU and M1 cards; a load is never lost, never done twice, never
+guessed (docs/protocol.rst, "Recharge").
+
+    DD11 order                -> DD12 R_PUB_QRY_PHYSICS_INFO (read the card)
+    DD13 card info            -> DD14 R_PUB_SET_READCARDINFO (the load's context)
+    DD15 context taken        -> DD16 CPU: INITIALIZE FOR LOAD | M1: read the purse
+    DD17 MAC1 | purse         -> (pending load made durable) DD18 CPU: CREDIT FOR LOAD with
+                                 MAC2 | M1: write the purse (compare and swap)
+    DD19 TAC | write result   -> (CPU: TAC verified -> settled) DD20 R_M1_CPU_QRY (read back)
+    DD21 purse read back      -> DD22 record (settled), or end A5 (reversed) / A4 (undecided)
+
+A terminal that lost the outcome sends DD11 for the same order again. A settled order is
+answered DD22 with its record at once, a reversed one A5; a pending one is read back: after
+DD13 the platform answers DD20 directly and decides from what the card shows (CPU: the card's
+proof of the load, or an online serial that did not move; M1: the purse value).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from lnt.flows.base import FlowError, FlowProtocol
+from lnt.recharge import (
+    APPLICATION_MERCHANT_LOAD,
+    DD13,
+    DD15,
+    DD17,
+    DD19,
+    DD20,
+    DD21,
+    DD22,
+    GET_BALANCE,
+    M1_BACKUP_BLOCK,
+    M1_PURSE_BLOCK,
+    M1_PURSE_SECTOR,
+    SELECT_PURSE,
+    SIZE,
+    SIZE_M1_DD18,
+    SIZE_M1_DD19,
+    CardInfo,
+    DepositInit,
+    DepositOp,
+    DepositProcess,
+    InitAnswer,
+    Ins,
+    LayoutError,
+    LoadContext,
+    M1Load,
+    PurseType,
+    ReaderStatus,
+    apdu_list,
+    credit_for_load,
+    get_transaction_proof,
+    initialize_for_load,
+    m1_read,
+    parse_apdu_list,
+    parse_value_block,
+    record,
+    value_block,
+)
+from lnt.records import (
+    CHINA,
+    CPU_BALANCE_LIMIT,
+    CardKind,
+    Conflict,
+    CPULoad,
+    Load,
+    LoadState,
+    MACError,
+    NotFound,
+    Order,
+    OrderState,
+    Session,
+)
+from lnt.securemsg import SMError, SMKeys
+from lnt.wire import InfoCode, Request, decode_bcd, encode_bcd
+
+SW_OK = b"\x90\x00"
+SW_NO_RECORD = b"\x6a\x83"
+#: secure-messaging sequence numbers one flow may use
+SEQS_PER_FLOW = 8
+#: seconds beyond the flow deadline before an M1 load that was sent can be ruled out
+M1_CLOCK_MARGIN = 60
+
+
+def terminal_id(pki_no: int) -> bytes:
+    """The reader's 6-byte terminal ID: its PKI number, 12 BCD digits."""
+    return encode_bcd(str(pki_no), 6)
+
+
+class _SecureFlow(FlowProtocol):
+    """What both card flows share: secure messaging with the reader."""
+
+    sm: SMKeys
+    _seqs: Iterator[int]
+
+    async def _start_sm(self, session: Session) -> None:
+        self.sm = SMKeys.from_session(session.session_key)
+        try:
+            first = await self.backend(
+                self.context.ledger.reserve_sm_seq(session.pki_no, session.serial,
+                                                   SEQS_PER_FLOW), "reserve sm seq")
+        except NotFound:
+            raise FlowError(InfoCode.NOT_SIGNED_IN, "session replaced during the flow") from None
+        self._seqs = iter(range(first, first + SEQS_PER_FLOW))
+
+    def _seq(self) -> int:
+        return next(self._seqs)
+
+    def _open(self, request: Request, seq: int, size: int, what: str) -> bytes:
+        """The plaintext of a protected reader answer of exactly C{size} bytes."""
+        info = self.expect_info(request, size, what)
+        sw = info[-2:]
+        if sw != SW_OK:
+            raise FlowError(InfoCode.READER_ERROR, f"reader answered {what} with SW {sw.hex()}")
+        try:
+            _, plaintext, _ = self.sm.open_answer(info, seq)
+        except SMError as e:
+            raise FlowError(InfoCode.READER_ERROR, f"{what}: {e}") from None
+        return plaintext
+
+
+class RechargeFlow(_SecureFlow):
+    name = "recharge"
+
+    async def run(self, dd11: Request) -> None:
+        ctx = self.context
+        session = await self.require_session(dd11)
+        info = self.expect_info(dd11, SIZE[0xDD11], "order")
+        if info[0] != APPLICATION_MERCHANT_LOAD:
+            raise FlowError(InfoCode.APPLICATION_TYPE_UNKNOWN, f"application type {info[0]:02X}")
+        (amount,) = struct.unpack(">I", info[1:5])
+        try:
+            order_no = decode_bcd(info[5:15])
+        except ValueError:
+            raise FlowError(InfoCode.ORDER_NOT_FOUND, "order number is not BCD") from None
+        order: Order | None = await self.backend(ctx.ledger.order(order_no), "order")
+        if order is None:
+            raise FlowError(InfoCode.ORDER_NOT_FOUND, f"no order {order_no}")
+        if order.amount != amount:
+            raise FlowError(InfoCode.ORDER_AMOUNT_MISMATCH,
+                            f"order {order_no} is for {order.amount} fen, not {amount}")
+        if order.state is OrderState.LOADED:
+            load = await self.backend(ctx.ledger.load(order_no), "load")
+            assert load is not None and load.new_balance is not None
+            self.log.info("recharge: order {order} was loaded already: its record again",
+                          order=order_no)
+            self.finish(dd11, InfoCode.SUCCESS, self._record(load), header=DD22)
+            return
+        if order.state is OrderState.REVERSED:
+            raise FlowError(InfoCode.REVERSAL_DONE, f"order {order_no} was reversed already")
+
+        await self._start_sm(session)
+        tid = terminal_id(session.pki_no)
+
+        # DD12 / DD13: which card is on the reader?
+        seq = self._seq()
+        query = self.sm.seal_command(Ins.QRY_PHYSICS_INFO, seq, encode_bcd(order_no, 10),
+                                     SIZE[0xDD12])
+        dd13 = await self.reply(dd11, query, expect=DD13)
+        try:
+            card = CardInfo.decode(self._open(dd13, seq, SIZE[DD13], "card info"))
+        except LayoutError as e:
+            raise FlowError(InfoCode.READER_ERROR, str(e)) from None
+        if card.status != ReaderStatus.OK:
+            raise FlowError(InfoCode.READER_ERROR, f"reader status {card.status:02X}")
+        if card.purse_type not in (PurseType.CPU, PurseType.M1):
+            raise FlowError(InfoCode.PURSE_TYPE_UNKNOWN, f"purse type {card.purse_type:02X}")
+        kind = CardKind.CPU if card.purse_type == PurseType.CPU else CardKind.M1
+        if (card.logical_no, card.physical.hex(), kind) != (order.logical_no, order.physical_no,
+                                                            order.card_kind):
+            raise FlowError(InfoCode.ORDER_CARD_MISMATCH,
+                            f"order {order_no} is for another card")
+        if card.terminal_id != tid:
+            raise FlowError(InfoCode.READER_ERROR, "reader reports another terminal ID")
+        if card.deposit_flag == DepositOp.CLOSE:
+            raise FlowError(InfoCode.BACKEND_ERROR, "card is closed (deposit refunded)")
+
+        if order.state is OrderState.PENDING:
+            load = await self.backend(ctx.ledger.load(order_no), "load")
+            assert load is not None
+            self.log.info("recharge: order {order} is pending: reading the card back",
+                          order=order_no)
+            await self._read_back(dd13, load, resumed=True)
+            return
+
+        if kind is CardKind.CPU and card.balance + amount > CPU_BALANCE_LIMIT:
+            raise FlowError(InfoCode.BACKEND_ERROR,
+                            f"balance {card.balance} + {amount} exceeds {CPU_BALANCE_LIMIT} fen")
+
+        # DD14 / DD15: the load's context
+        load_time = datetime.fromtimestamp(ctx.clock.seconds(), CHINA).strftime("%Y%m%d%H%M%S")
+        context = LoadContext(order_no, amount, card.purse_type, card.logical_no, card.physical,
+                              load_time, 1, tid)
+        seq = self._seq()
+        dd15 = await self.reply(dd13, self.sm.seal_command(Ins.SET_READCARDINFO, seq,
+                                                            context.encode(), SIZE[0xDD14]),
+                                expect=DD15)
+        echo = self._open(dd15, seq, SIZE[DD15], "load context")
+        if echo[:27] != context.echo(ReaderStatus.OK):
+            raise FlowError(InfoCode.READER_ERROR, "reader did not take the load context")
+
+        if kind is CardKind.CPU:
+            await self._load_cpu(dd15, order, card, context)
+        else:
+            await self._load_m1(dd15, order, card, context)
+
+    # -- CPU ---------------------------------------------------------------------------------
+
+    async def _load_cpu(self, dd15: Request, order: Order, card: CardInfo,
+                        context: LoadContext) -> None:
+        ctx = self.context
+        seq = self._seq()
+        init_cmd = apdu_list([initialize_for_load(1, order.amount, context.terminal_id)])
+        dd17 = await self.reply(dd15, self.sm.seal_command(Ins.CPU_LOAD_INIT, seq, init_cmd,
+                                                            SIZE[0xDD16]), expect=DD17)
+        try:
+            [response] = parse_apdu_list(self._open(dd17, seq, SIZE[DD17], "INITIALIZE"))
+            init = InitAnswer.decode(response)
+        except (LayoutError, ValueError) as e:
+            raise FlowError(InfoCode.READER_ERROR, f"INITIALIZE FOR LOAD: {e}") from None
+        if init.old_balance + order.amount > CPU_BALANCE_LIMIT:
+            raise FlowError(InfoCode.BACKEND_ERROR, "the load would exceed the card limit")
+        cpu = CPULoad(encode_bcd(order.logical_no, 8), 1, order.amount, context.terminal_id,
+                      init.old_balance, init.online_serial, init.key_version, init.algorithm,
+                      init.random, init.mac1, bytes.fromhex(context.load_time))
+        try:
+            mac2 = await self.backend(ctx.core.authorize_cpu_load(cpu), "authorize load")
+        except MACError as e:
+            raise FlowError(InfoCode.BACKEND_ERROR, f"card refused by the core module: {e}"
+                            ) from None
+        load = await self._begin(order, card, context, init.old_balance, init.online_serial,
+                                 init.key_version)
+        # Only now, with the pending load durable, may MAC2 leave.
+        seq = self._seq()
+        credit = apdu_list([credit_for_load(context.load_time, mac2)])
+        dd19 = await self.reply(dd17, self.sm.seal_command(Ins.CPU_LOAD, seq, credit,
+                                                            SIZE[0xDD18]), expect=DD19)
+        settled = None
+        try:
+            [response] = parse_apdu_list(self._open(dd19, seq, SIZE[DD19], "CREDIT"))
+            if response[-2:] == SW_OK and len(response) == 6:
+                new_balance = init.old_balance + order.amount
+                if await self.backend(ctx.core.verify_cpu_tac(cpu, new_balance, response[:4]),
+                                      "verify TAC"):
+                    settled = await self._settle(load, response[:4].hex(), new_balance)
+                else:
+                    self.log.warn("recharge: order {order}: TAC does not verify; reading back",
+                                  order=order.order_no)
+            else:
+                self.log.warn("recharge: order {order}: card answered CREDIT with {sw}",
+                              order=order.order_no, sw=response[-2:].hex())
+        except (FlowError, LayoutError, ValueError) as e:
+            # The outcome is in doubt: the read-back decides, never a guess.
+            self.log.warn("recharge: order {order}: DD19 unusable ({why}); reading back",
+                          order=order.order_no, why=str(e))
+        await self._read_back(dd19, load, settled=settled)
+
+    # -- M1 ----------------------------------------------------------------------------------
+
+    async def _m1_key(self, physical: str) -> bytes:
+        keys = await self.backend(
+            self.context.core.m1_sector_keys(bytes.fromhex(physical), [M1_PURSE_SECTOR]),
+            "M1 keys")
+        return keys[M1_PURSE_SECTOR]
+
+    def _m1_value(self, plaintext: bytes, what: str) -> int:
+        if plaintext[0] != ReaderStatus.OK:
+            raise FlowError(InfoCode.READER_ERROR, f"{what}: reader status {plaintext[0]:02X}")
+        primary = parse_value_block(plaintext[1:17])
+        backup = parse_value_block(plaintext[17:33])
+        if primary is None and backup is None:
+            raise FlowError(InfoCode.READER_ERROR, f"{what}: both purse blocks are damaged")
+        # the primary block is written first: when both are good it is the newer one
+        return primary if primary is not None else backup  # type: ignore[return-value]
+
+    async def _load_m1(self, dd15: Request, order: Order, card: CardInfo,
+                       context: LoadContext) -> None:
+        key = await self._m1_key(order.physical_no)
+        seq = self._seq()
+        read = m1_read(M1_PURSE_SECTOR, key, M1_PURSE_BLOCK, M1_BACKUP_BLOCK)
+        dd17 = await self.reply(dd15, self.sm.seal_command(Ins.M1_READ, seq, read, SIZE[0xDD16]),
+                                expect=DD17)
+        old = self._m1_value(self._open(dd17, seq, SIZE[DD17], "M1 purse"), "M1 purse")
+        new = old + order.amount
+        if new > 2**31 - 1:
+            raise FlowError(InfoCode.BACKEND_ERROR, "the load would overflow the M1 purse")
+        load = await self._begin(order, card, context, old, None, 1)
+        expires = (datetime.strptime(card.reader_time, "%Y%m%d%H%M%S")
+                   + timedelta(seconds=self.settings.flow_deadline)).strftime("%Y%m%d%H%M%S")
+        command = M1Load(M1_PURSE_SECTOR, key, M1_PURSE_BLOCK, M1_BACKUP_BLOCK, old,
+                         value_block(new, M1_PURSE_BLOCK), expires, order.order_no)
+        seq = self._seq()
+        dd19 = await self.reply(dd17, self.sm.seal_command(Ins.M1_LOAD, seq, command.encode(),
+                                                            SIZE_M1_DD18), expect=DD19)
+        try:
+            result = self._open(dd19, seq, SIZE_M1_DD19, "M1 load")
+            if result[0] != ReaderStatus.OK:
+                self.log.warn("recharge: order {order}: M1 load status {status:02X}",
+                              order=order.order_no, status=result[0])
+        except FlowError as e:
+            self.log.warn("recharge: order {order}: DD19 unusable ({why}); reading back",
+                          order=order.order_no, why=e.reason)
+        # The reader has answered the write: it will never execute it again (seq), so the
+        # read-back may rule the load out.
+        await self._read_back(dd19, load, written_here=True)
+
+    # -- common --------------------------------------------------------------------------
+
+    async def _begin(self, order: Order, card: CardInfo, context: LoadContext,
+                     old_balance: int, online_serial: int | None, key_version: int) -> Load:
+        now = self.context.now_ms()
+        load = Load(order.order_no, self.pki, order.card_kind, order.logical_no,
+                    order.physical_no, order.amount, old_balance, online_serial,
+                    context.terminal_id.hex(), context.load_time, key_version,
+                    LoadState.PENDING, None, None, now, now)
+        try:
+            return await self.backend(self.context.ledger.begin_load(load), "begin load")
+        except (Conflict, NotFound) as e:
+            raise FlowError(InfoCode.ORDER_MISSING, str(e)) from None
+
+    async def _settle(self, load: Load, tac: str | None, new_balance: int) -> Load:
+        try:
+            settled = await self.backend(
+                self.context.ledger.settle_load(load.order_no, tac, new_balance,
+                                                self.context.now_ms()), "settle")
+        except Conflict as e:
+            raise FlowError(InfoCode.REVERSAL_FAILED, str(e)) from None
+        self.log.info("recharge: order {order} loaded, {amount} fen", order=load.order_no,
+                      amount=load.amount)
+        return settled
+
+    async def _reverse(self, load: Load) -> None:
+        try:
+            await self.backend(self.context.ledger.reverse_load(load.order_no,
+                                                                self.context.now_ms()), "reverse")
+        except Conflict as e:
+            raise FlowError(InfoCode.REVERSAL_FAILED, str(e)) from None
+        self.log.info("recharge: order {order} reversed: the card shows no load",
+                      order=load.order_no)
+
+    def _record(self, load: Load) -> bytes:
+        assert load.new_balance is not None
+        return record(load.order_no, load.pki_no, load.logical_no, load.amount,
+                      load.new_balance)
+
+    async def _read_back(self, request: Request, load: Load, *, resumed: bool = False,
+                         settled: Load | None = None, written_here: bool = False) -> None:
+        """DD20 / DD21 / DD22: read the purse back and settle, reverse, or leave undecided."""
+        ctx = self.context
+        seq = self._seq()
+        if load.card_kind is CardKind.CPU:
+            assert load.online_serial is not None
+            body = bytes((PurseType.CPU,)) + apdu_list(
+                [SELECT_PURSE, GET_BALANCE, get_transaction_proof(load.online_serial)])
+        else:
+            key = await self._m1_key(load.physical_no)
+            body = bytes((PurseType.M1,)) + m1_read(M1_PURSE_SECTOR, key, M1_PURSE_BLOCK,
+                                                    M1_BACKUP_BLOCK)
+        command = self.sm.seal_command(Ins.M1_CPU_QRY, seq, body, SIZE[DD20])
+        dd21 = await self.reply(request, command, expect=DD21,
+                                header=DD20 if resumed else None)
+        plaintext = self._open(dd21, seq, SIZE[DD21], "read-back")
+        if settled is not None:
+            self.finish(dd21, InfoCode.SUCCESS, self._record(settled))
+            return
+        expected = load.old_balance + load.amount
+        if load.card_kind is CardKind.CPU:
+            try:
+                _select, _balance, proof = parse_apdu_list(plaintext[1:])
+            except (LayoutError, ValueError):
+                raise FlowError(InfoCode.READER_ERROR, "read-back does not parse") from None
+            if proof[-2:] == SW_OK and len(proof) == 6:
+                cpu = CPULoad(encode_bcd(load.logical_no, 8), 1, load.amount,
+                              bytes.fromhex(load.terminal_id), load.old_balance,
+                              load.online_serial or 0, load.key_version, 0, b"", b"",
+                              bytes.fromhex(load.load_time))
+                if await self.backend(ctx.core.verify_cpu_tac(cpu, expected, proof[:4]),
+                                      "verify TAC"):
+                    done = await self._settle(load, proof[:4].hex(), expected)
+                    self.finish(dd21, InfoCode.SUCCESS, self._record(done))
+                    return
+                raise FlowError(InfoCode.REVERSAL_FAILED,
+                                f"order {load.order_no}: the card's proof does not verify")
+            if proof[-2:] == SW_NO_RECORD and len(proof) == 4:
+                (current,) = struct.unpack(">H", proof[:2])
+                if current == load.online_serial:
+                    # The card's online serial never moved: CREDIT never happened, and the
+                    # read-back just ended any INITIALIZE it had, so it never will.
+                    await self._reverse(load)
+                    raise FlowError(InfoCode.REVERSAL_DONE, f"order {load.order_no} reversed")
+            raise FlowError(InfoCode.REVERSAL_FAILED,
+                            f"order {load.order_no}: the card cannot prove or rule out the load")
+        if plaintext[0] != PurseType.M1:
+            raise FlowError(InfoCode.READER_ERROR, "read-back is not an M1 answer")
+        value = self._m1_value(plaintext[1:], "M1 read-back")
+        if value == expected:
+            done = await self._settle(load, None, value)
+            self.finish(dd21, InfoCode.SUCCESS, self._record(done))
+            return
+        if value == load.old_balance:
+            hold = (self.settings.flow_deadline + M1_CLOCK_MARGIN) * 1000
+            if written_here or ctx.now_ms() - load.created_ms > hold:
+                await self._reverse(load)
+                raise FlowError(InfoCode.REVERSAL_DONE, f"order {load.order_no} reversed")
+            raise FlowError(InfoCode.REVERSAL_FAILED,
+                            f"order {load.order_no}: the write may still be in flight; "
+                            f"retry after {hold // 1000} s")
+        raise FlowError(InfoCode.REVERSAL_FAILED,
+                        f"order {load.order_no}: purse shows {value}, neither {load.old_balance}"
+                        f" nor {expected}")
+
+
+class DepositFlow(_SecureFlow):
+    """
+    Open/close card, DD73/DD74: the reader's R_DEPOSIT_INIT answer (made on its own
+    initiative, sealed with its deposit counter) -> the platform records the operation and
+    answers R_DEPOSIT_PROCESS, which the reader executes on the card.
+    """
+
+    name = "card-deposit"
+
+    async def run(self, dd73: Request) -> None:
+        ctx = self.context
+        session = await self.require_session(dd73)
+        info = self.expect_info(dd73, SIZE[0xDD73], "R_DEPOSIT_INIT answer")
+        if info[-2:] != SW_OK:
+            raise FlowError(InfoCode.READER_ERROR, f"reader answered SW {info[-2:].hex()}")
+        self.sm = SMKeys.from_session(session.session_key)
+        try:
+            counter, plaintext, _ = self.sm.open_answer(info, None, b"I")
+            init = DepositInit.decode(plaintext)
+        except (SMError, LayoutError) as e:
+            raise FlowError(InfoCode.READER_ERROR, f"R_DEPOSIT_INIT answer: {e}") from None
+        if not await self.backend(ctx.ledger.note_deposit_seq(session.pki_no, counter),
+                                  "deposit counter"):
+            raise FlowError(InfoCode.READER_ERROR, "R_DEPOSIT_INIT answer replayed")
+        if init.status != ReaderStatus.OK:
+            raise FlowError(InfoCode.READER_ERROR, f"reader status {init.status:02X}")
+        if init.op not in (DepositOp.OPEN, DepositOp.CLOSE):
+            raise FlowError(InfoCode.APPLICATION_TYPE_UNKNOWN, f"operation {init.op:02X}")
+        if init.purse_type not in (PurseType.CPU, PurseType.M1):
+            raise FlowError(InfoCode.PURSE_TYPE_UNKNOWN, f"purse type {init.purse_type:02X}")
+        if init.flag == init.op:
+            self.log.info("card-deposit: card already {state}",
+                          state="open" if init.op == DepositOp.OPEN else "closed")
+        await self._start_sm(session)
+        record_id = await self.backend(ctx.ledger.record_deposit(
+            init.logical_no, init.physical.hex(), init.op, init.op, session.pki_no,
+            ctx.now_ms()), "record deposit")
+        process = DepositProcess(init.op, init.logical_no, init.physical, init.op,
+                                 str(record_id))
+        command = self.sm.seal_command(Ins.DEPOSIT_PROCESS, self._seq(), process.encode(),
+                                       SIZE[0xDD74])
+        self.log.info("card-deposit: {op} recorded as {record} by PKI {pki}",
+                      op="open" if init.op == DepositOp.OPEN else "close", record=record_id,
+                      pki=session.pki_no)
+        self.finish(dd73, InfoCode.SUCCESS, command)
+
