@@ -9,6 +9,14 @@ C{lnt-terminal}: the terminal simulator's command line.
                 read with its toreader script, CreateAutoLoadOrder); signs in first if needed
     account [--card LOGICAL_NO]
                 the card's orders (AcctQueryLNT)
+    recharge --amount FEN [--card LOGICAL_NO] [--interrupt before-credit|after-credit]
+                sign in if needed, create an order, load it onto the card (DD11-DD22), print
+                the record and the balance before and after; --interrupt drops the connection
+                when the load command arrives, before or after the card executes it
+    resume --order NO [--amount FEN] [--card LOGICAL_NO]
+                settle an interrupted load: DD11 again for the same order
+    card open|close [--card LOGICAL_NO]
+                change the card's deposit flag online (DD73/DD74)
 
 The terminal's identity (user ID, PKI card key file) comes from C{DIR/demo.json} unless
 C{--user-id}/C{--key-file} are given; its reader keeps its state in C{DIR/reader-state.json}.
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -39,13 +48,18 @@ from twisted.internet.error import ConnectError
 
 from lnt.backends.keys import CardKeyFile, KeyFileError
 from lnt.cardscript import IDENTIFY
-from lnt.sim.cards import Card, load_card
+from lnt.recharge import DepositOp, Ins, parse_record, parse_value_block
+from lnt.sim.cards import Card, CPUCard, M1Card, load_card
 from lnt.sim.orderclient import APIBroken, APIRefused, OrderClient
 from lnt.sim.reader import Reader
 from lnt.sim.terminal import FlowRefused, FlowResult, TerminalError, connect, run_flow
-from lnt.wire import NO_PKI, Request, Response, describe_code, header_name
+from lnt.wire import NO_PKI, InfoCode, Request, Response, describe_code, encode_bcd, header_name
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NETWORK = 0, 1, 2, 3
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NETWORK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4
+
+
+class Interrupted(Exception):
+    """The terminal dropped the connection on purpose (--interrupt)."""
 
 
 class UsageError(Exception):
@@ -111,6 +125,93 @@ class Terminal:
         print(f"order {answer['order']} for {card.kind} card {card.logical_no}: {amount} fen",
               file=self.out)
         return str(answer["order"])
+
+    # -- recharge ---------------------------------------------------------------------------
+
+    def balance(self) -> int | None:
+        card = self.reader.presented
+        if isinstance(card, CPUCard):
+            return card.balance
+        if isinstance(card, M1Card):
+            return parse_value_block(bytes.fromhex(card.blocks.get("8", "00" * 16)))
+        return None
+
+    def _orders_path(self) -> Path:
+        return self.data_dir / "terminal-orders.json"
+
+    def remember(self, order_no: str, amount: int) -> None:
+        path = self._orders_path()
+        known = json.loads(path.read_text()) if path.exists() else {}
+        known[order_no] = amount
+        path.write_text(json.dumps(known, indent=1))
+
+    def remembered(self, order_no: str) -> int | None:
+        path = self._orders_path()
+        known = json.loads(path.read_text()) if path.exists() else {}
+        value = known.get(order_no)
+        return None if value is None else int(value)
+
+    def _reader_for(self, interrupt: str | None) -> Any:
+        if interrupt is None:
+            return self.reader.execute
+        loading = {bytes((0xBB, Ins.CPU_LOAD)), bytes((0xBB, Ins.M1_LOAD))}
+
+        def execute(command: bytes) -> bytes:
+            if command[1:3] in loading:
+                if interrupt == "after-credit":
+                    self.reader.execute(command)
+                raise Interrupted(f"connection dropped {interrupt.replace('-', ' ')}")
+            return self.reader.execute(command)
+
+        return execute
+
+    async def load(self, reactor: Any, order_no: str, amount: int,
+                   interrupt: str | None = None) -> tuple[str, str, str, int, int]:
+        if self.reader.presented is None:
+            raise UsageError("no card on the reader: give --card")
+        if self.reader.session is None:
+            await self.signin(reactor)
+        before = self.balance()
+        info = bytes((0x00,)) + struct.pack(">I", amount) + encode_bcd(order_no, 10)
+        for attempt in (1, 2):
+            conn = await connect(reactor, self.host, self.port, reactor, self.timeout)
+            first = Request(0xDD11, self.user_id, 0x00, self.card.pki_no, info)
+            try:
+                result = await run_flow(conn, first, self._reader_for(interrupt), self.report)
+                break
+            except Interrupted:
+                conn.close()
+                raise
+            except FlowRefused as e:
+                if e.code != InfoCode.NOT_SIGNED_IN or attempt == 2:
+                    raise
+                await self.signin(reactor)
+        rec = parse_record(result.last.info)
+        card = self.reader.presented
+        print(f"loaded order {rec[0]}: {rec[3]} fen onto {card.kind} card {rec[2]}, balance "
+              f"{before} -> {self.balance()} (record: balance after {rec[4]})", file=self.out)
+        return rec
+
+    async def recharge(self, reactor: Any, amount: int, biz: str,
+                       interrupt: str | None = None) -> tuple[str, str, str, int, int]:
+        order_no = await self.order(reactor, amount, biz)
+        self.remember(order_no, amount)
+        return await self.load(reactor, order_no, amount, interrupt)
+
+    async def deposit(self, reactor: Any, op: str) -> None:
+        if self.reader.presented is None:
+            raise UsageError("no card on the reader: give --card")
+        if self.reader.session is None:
+            await self.signin(reactor)
+        code = DepositOp.OPEN if op == "open" else DepositOp.CLOSE
+        conn = await connect(reactor, self.host, self.port, reactor, self.timeout)
+        first = Request(0xDD73, self.user_id, 0x00, self.card.pki_no,
+                        self.reader.deposit_init(code))
+        result = await run_flow(conn, first, self.reader.execute, self.report)
+        self.reader.execute(b"\x40" + result.last.info)  # R_DEPOSIT_PROCESS
+        card = self.reader.presented
+        print(f"card {card.logical_no} {'opened' if code == DepositOp.OPEN else 'closed'}: "
+              f"deposit flag {card.deposit_flag:02X}", file=self.out)
 
     async def account(self, reactor: Any) -> list[dict[str, Any]]:
         if self.reader.presented is None:
@@ -200,7 +301,8 @@ def load_terminal(args: argparse.Namespace) -> Terminal:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lnt-terminal", description="Lingnan Tong terminal simulator",
-                                epilog="exit status: 0 ok, 1 refused, 2 usage, 3 network")
+                                epilog="exit status: 0 ok, 1 refused, 2 usage, 3 network, "
+                                       "4 interrupted on purpose")
     p.add_argument("--data-dir", type=Path, default=Path("lnt-data"),
                    help="terminal data directory (demo.json, reader state) [lnt-data]")
     p.add_argument("--flows", help="platform's flow address HOST:PORT")
@@ -217,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--biz-serial-no", help="third-party serial [generated]")
     account = sub.add_parser("account", help="the card's orders (AcctQueryLNT)")
     account.add_argument("--card", help="logical number of the virtual card on the reader")
+    recharge = sub.add_parser("recharge", help="order and load it onto the card (DD11-DD22)")
+    recharge.add_argument("--amount", type=int, required=True, help="fen")
+    recharge.add_argument("--card", help="logical number of the virtual card on the reader")
+    recharge.add_argument("--biz-serial-no", help="third-party serial [generated]")
+    recharge.add_argument("--interrupt", choices=["before-credit", "after-credit"],
+                          help="drop the connection when the load command arrives (testing)")
+    resume = sub.add_parser("resume", help="settle an interrupted load of an order")
+    resume.add_argument("--order", required=True, help="the 20-digit order number")
+    resume.add_argument("--amount", type=int, help="fen [remembered from recharge]")
+    resume.add_argument("--card", help="logical number of the virtual card on the reader")
+    card = sub.add_parser("card", help="open or close the card online (DD73/DD74)")
+    card.add_argument("operation", choices=["open", "close"])
+    card.add_argument("--card", help="logical number of the virtual card on the reader")
     return p
 
 
@@ -238,7 +353,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 await terminal.order(reactor, args.amount, biz)
             elif args.command == "account":
                 await terminal.account(reactor)
+            elif args.command == "recharge":
+                biz = args.biz_serial_no or f"SIM{int(time.time() * 1000)}{os.getpid() % 1000:03d}"
+                await terminal.recharge(reactor, args.amount, biz, args.interrupt)
+            elif args.command == "resume":
+                amount = args.amount or terminal.remembered(args.order)
+                if amount is None:
+                    raise UsageError(f"amount of order {args.order} unknown: give --amount")
+                await terminal.load(reactor, args.order, amount)
+            elif args.command == "card":
+                await terminal.deposit(reactor, args.operation)
             outcome.append(EXIT_OK)
+        except Interrupted as e:
+            print(f"lnt-terminal: {e}", file=sys.stderr)
+            outcome.append(EXIT_INTERRUPTED)
         except (FlowRefused, APIRefused) as e:
             print(f"refused: {e}", file=sys.stderr)
             outcome.append(EXIT_REFUSED)

@@ -16,13 +16,34 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 from Crypto.PublicKey import ECC
 from Crypto.Random import get_random_bytes
 
 from lnt.backends.keys import CURVE, CardKeyFile, sign, verify
+from lnt.recharge import (
+    DD73,
+    SIZE,
+    SIZE_M1_DD19,
+    CardInfo,
+    DepositInit,
+    DepositProcess,
+    Ins,
+    LoadContext,
+    M1Load,
+    PurseType,
+    ReaderStatus,
+    apdu_list,
+    m1_blocks_answer,
+    parse_apdu_list,
+    parse_value_block,
+)
+from lnt.records import CHINA
+from lnt.securemsg import SMError, SMKeys, refusal
 from lnt.signin import (
     CLA,
     INS_INIT,
@@ -51,10 +72,26 @@ from lnt.signin import (
     shared_secret,
     transcript,
 )
-from lnt.sim.cards import Card
-from lnt.wire import decode_bcd
+from lnt.sim.cards import Card, CPUCard, M1Card
+from lnt.wire import decode_bcd, encode_bcd
 
 COMMAND_PREFIX = 0x40
+#: the fixed size of each protected command's answer (the stage that carries it)
+ANSWER_SIZE = {
+    Ins.QRY_PHYSICS_INFO: SIZE[0xDD13],
+    Ins.SET_READCARDINFO: SIZE[0xDD15],
+    Ins.CPU_LOAD_INIT: SIZE[0xDD17],
+    Ins.CPU_LOAD: SIZE[0xDD19],
+    Ins.M1_READ: SIZE[0xDD17],
+    Ins.M1_LOAD: SIZE_M1_DD19,
+    Ins.M1_CPU_QRY: SIZE[0xDD21],
+    Ins.DEPOSIT_PROCESS: SIZE[0xDD74],
+}
+
+
+def _now() -> str:
+    """The reader's clock, China time, YYYYMMDDhhmmss."""
+    return datetime.now(CHINA).strftime("%Y%m%d%H%M%S")
 #: no card on the antenna
 SW_NO_CARD = b"\x6a\x81"
 FIRMWARE = b"SIM1.0"
@@ -74,6 +111,13 @@ class Reader:
         self.presented = presented
         self.state_path = state_path
         self.counter = 0
+        #: the last secure-messaging seq executed (replays are refused) and the deposit counter
+        self.last_seq = 0
+        self.deposit_seq = 0
+        #: the load context of R_PUB_SET_READCARDINFO
+        self.context: LoadContext | None = None
+        #: test aid: the card is pulled away in the middle of an M1 write
+        self.m1_interrupt = False
         self.session: ReaderSession | None = None
         #: the session of a sign-in whose DD08 has not come yet
         self.pending: ReaderSession | None = None
@@ -89,6 +133,8 @@ class Reader:
         if state.get("pki_no") != self.card.pki_no:
             return  # another card was put in: its state starts afresh
         self.counter = int(state.get("counter", 0))
+        self.last_seq = int(state.get("last_seq", 0))
+        self.deposit_seq = int(state.get("deposit_seq", 0))
         if state.get("session"):
             self.session = ReaderSession(state["session"]["serial"],
                                          bytes.fromhex(state["session"]["key"]))
@@ -99,6 +145,8 @@ class Reader:
         content = {
             "pki_no": self.card.pki_no,
             "counter": self.counter,
+            "last_seq": self.last_seq,
+            "deposit_seq": self.deposit_seq,
             "session": None if self.session is None else {
                 "serial": self.session.serial, "key": self.session.session_key.hex()},
         }
@@ -132,6 +180,8 @@ class Reader:
             return self._login1_cmd(apdu)
         if ins == INS_LOGIN_2:
             return self._login2_cmd(apdu)
+        if ins in set(ANSWER_SIZE):
+            return self._protected(apdu)
         return SW_UNKNOWN_INS
 
     def _init(self, apdu: bytes) -> bytes:
@@ -188,6 +238,132 @@ class Reader:
         self.pending = ReaderSession(serial, keys.session_key)
         self._save()
         return answer.encode()
+
+    # -- protected commands (recharge, open/close card) ---------------------------------------
+
+    def _sm(self) -> SMKeys | None:
+        return None if self.session is None else SMKeys.from_session(self.session.session_key)
+
+    def _protected(self, apdu: bytes) -> bytes:
+        size = ANSWER_SIZE[Ins(apdu[1])]
+        sm = self._sm()
+        if sm is None:
+            return refusal(size, SW_CONDITIONS)
+        try:
+            code, seq, plaintext = sm.open_command(apdu)
+        except SMError:
+            return refusal(size, SW_SECURITY)
+        ins = Ins(code)
+        if seq <= self.last_seq:
+            return refusal(size, SW_SECURITY)  # a replayed or stale command
+        self.last_seq = seq
+        self._save()
+        if ins == Ins.DEPOSIT_PROCESS:
+            self._deposit_process(plaintext)
+            return b""
+        answer = self._handlers[ins](self, plaintext)
+        return sm.seal_answer(seq, answer, SW_OK, size)
+
+    def _card_info(self, plaintext: bytes) -> bytes:
+        card = self.presented
+        when = _now()
+        tid = encode_bcd(str(self.card.pki_no), 6)
+        if card is None:
+            return CardInfo(0, bytes(8), "0" * 16, 0, "00000000", 0, 0, ReaderStatus.NO_CARD,
+                            when, tid).encode()
+        if isinstance(card, CPUCard):
+            card.apdu(bytes.fromhex("00A4000002DDF1"))
+            ef15 = card.apdu(bytes.fromhex("00B095001E"))[:-2]
+            card.apdu(bytes.fromhex("00A4000002ADF1"))
+            (balance,) = struct.unpack(">I", card.apdu(bytes.fromhex("805C000204"))[:4])
+            return CardInfo(balance, card.physical, decode_bcd(ef15[8:16]), 0x0001, "00000000",
+                            PurseType.CPU, ef15[26], ReaderStatus.OK, when, tid).encode()
+        issuer = card.apdu(bytes.fromhex("FFB0000410"))[:-2]
+        return CardInfo(0, card.physical, decode_bcd(issuer[:8]), 0x0002, "00000000",
+                        PurseType.M1, card.deposit_flag, ReaderStatus.OK, when, tid).encode()
+
+    def _set_context(self, plaintext: bytes) -> bytes:
+        context = LoadContext.decode(plaintext)
+        card = self.presented
+        ok = card is not None and (card.logical_no, card.physical) == (context.logical_no,
+                                                                       context.physical)
+        self.context = context if ok else None
+        return context.echo(ReaderStatus.OK if ok else ReaderStatus.CARD_ERROR)
+
+    def _relay(self, plaintext: bytes) -> bytes:
+        if self.presented is None:
+            return apdu_list([SW_NO_CARD])
+        return apdu_list([self.presented.apdu(a) for a in parse_apdu_list(plaintext)])
+
+    def _m1(self) -> M1Card | None:
+        return self.presented if isinstance(self.presented, M1Card) else None
+
+    def _m1_read(self, plaintext: bytes) -> bytes:
+        card = self._m1()
+        sector, key, block, backup = plaintext[0], plaintext[1:7], plaintext[7], plaintext[8]
+        if card is None:
+            return m1_blocks_answer(ReaderStatus.NO_CARD, bytes(16), bytes(16))
+        if not card.authenticate(sector, key):
+            return m1_blocks_answer(ReaderStatus.WRONG_KEY, bytes(16), bytes(16))
+        return m1_blocks_answer(ReaderStatus.OK, card.read(block) or bytes(16),
+                                card.read(backup) or bytes(16))
+
+    def _m1_load(self, plaintext: bytes) -> bytes:
+        card = self._m1()
+        command = M1Load.decode(plaintext)
+        if card is None:
+            return bytes((ReaderStatus.NO_CARD,))
+        if _now() > command.expires:
+            return bytes((ReaderStatus.EXPIRED,))
+        if not card.authenticate(command.sector, command.key):
+            return bytes((ReaderStatus.WRONG_KEY,))
+        current = parse_value_block(card.read(command.block) or b"")
+        if current is None:
+            current = parse_value_block(card.read(command.backup) or b"")
+        if current != command.expected:
+            return bytes((ReaderStatus.VALUE_CHANGED,))
+        if self.m1_interrupt:
+            # a card pulled away mid-write: the primary block is written, the backup is not
+            card.write(command.block, command.new_block)
+            raise ConnectionAbortedError("card removed during the M1 write")
+        card.write(command.block, command.new_block)
+        card.write(command.backup, command.new_block)
+        value = parse_value_block(command.new_block) or 0
+        return bytes((ReaderStatus.OK,)) + struct.pack(">i", value)
+
+    def _read_back(self, plaintext: bytes) -> bytes:
+        if plaintext[0] == PurseType.CPU:
+            return bytes((PurseType.CPU,)) + self._relay(plaintext[1:])
+        return bytes((PurseType.M1,)) + self._m1_read(plaintext[1:])
+
+    def _deposit_process(self, plaintext: bytes) -> None:
+        process = DepositProcess.decode(plaintext)
+        card = self.presented
+        if card is not None and card.logical_no == process.logical_no:
+            card.set_deposit(process.flag)
+
+    _handlers = {
+        Ins.QRY_PHYSICS_INFO: _card_info,
+        Ins.SET_READCARDINFO: _set_context,
+        Ins.CPU_LOAD_INIT: _relay,
+        Ins.CPU_LOAD: _relay,
+        Ins.M1_READ: _m1_read,
+        Ins.M1_LOAD: _m1_load,
+        Ins.M1_CPU_QRY: _read_back,
+    }
+
+    def deposit_init(self, op: int) -> bytes:
+        """DD73's info: R_DEPOSIT_INIT for the card on the antenna, sealed on our initiative."""
+        sm = self._sm()
+        card = self.presented
+        if sm is None or card is None:
+            return refusal(SIZE[DD73], SW_CONDITIONS)
+        self.deposit_seq += 1
+        self._save()
+        purse = PurseType.CPU if isinstance(card, CPUCard) else PurseType.M1
+        init = DepositInit(op, card.logical_no, card.physical, card.deposit_flag, purse, _now(),
+                           ReaderStatus.OK)
+        return sm.seal_answer(self.deposit_seq, init.encode(), SW_OK, SIZE[DD73], b"I")
 
     def confirm_session(self) -> None:
         """The platform answered DD08 success: the pending session becomes the session."""
