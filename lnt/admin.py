@@ -9,6 +9,9 @@ ledger as the daemon (and may run while the daemon runs: every change is one tra
                       [--key-version V]
     terminal revoke N
     terminal list
+    check                            the journal balances and every load agrees with it
+    reconcile --date YYYYMMDD [--platform N] [--csv FILE]
+                                     the day's loads by biz_serial_no, with totals
     plugin-cache                     regenerate Twisted's plugin cache (dropin.cache)
 
 Exit status: 0 done, 1 refused (the message says why), 2 usage error.
@@ -17,6 +20,7 @@ Exit status: 0 done, 1 refused (the message says why), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import time
 from collections.abc import Sequence
@@ -28,7 +32,7 @@ from lnt.backends.keys import CardKeyFile, KeyFileError, PlatformKeys
 from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.schema import migrate
-from lnt.records import AlreadyExists, PKICard
+from lnt.records import CHINA, AlreadyExists, PKICard
 
 
 class Refused(Exception):
@@ -130,6 +134,7 @@ class Admin:
         cards = result_of(self.pki().cards())
         keys = self.keys(create=True)
         sessions = result_of(SQLLedger(self.db(), keys.sealer()).sessions())
+        del keys
         now = time.time() * 1000
         print(f"{'PKI':>10}  {'user ID':<18} {'ver':>3}  {'status':<8} session")
         for c in cards:
@@ -141,6 +146,49 @@ class Admin:
                 state = f"{serial} {'live until' if expires > now else 'expired at'} {until}"
             print(f"{c.pki_no:>10}  {show_user_id(c.user_id):<18} {c.key_version:>3}  "
                   f"{c.status.value:<8} {state}")
+
+    def ledger(self) -> SQLLedger:
+        return SQLLedger(self.db(), self.keys(create=True).sealer())
+
+    def check(self, args: argparse.Namespace) -> None:
+        ledger = self.ledger()
+        problems = result_of(ledger.check())
+        balances = result_of(ledger.balances())
+        for account in sorted(balances):
+            print(f"{account:<28} {balances[account]:>14}")
+        total = sum(balances.values())
+        print(f"{'(sum of all accounts)':<28} {total:>14}")
+        if total != 0:
+            problems.append(f"accounts sum to {total}, not 0")
+        if problems:
+            for p in problems:
+                print(f"PROBLEM: {p}")
+            raise Refused(f"{len(problems)} problems")
+        print("ok: every entry balances and every order agrees with its load and entries")
+
+    def reconcile(self, args: argparse.Namespace) -> None:
+        try:
+            rows = result_of(self.ledger().reconcile(args.date, args.platform))
+        except ValueError:
+            raise Refused("--date must be YYYYMMDD") from None
+        print(f"loads settled on {args.date} (China time)"
+              + (f", platform {args.platform}" if args.platform is not None else ""))
+        print(f"{'platform':>8}  {'biz_serial_no':<24} {'order':<20} {'card':<16} {'fen':>9}")
+        for r in rows:
+            print(f"{r.platform_no:>8}  {r.biz_serial_no:<24} {r.order_no:<20} "
+                  f"{r.logical_no:<16} {r.amount:>9}")
+        print(f"{len(rows)} loads, {sum(r.amount for r in rows)} fen")
+        if args.csv:
+            with open(args.csv, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["platform", "biz_serial_no", "order_no", "logical_card_no",
+                                 "amount_fen", "loaded_at"])
+                for r in rows:
+                    loaded = datetime.fromtimestamp(r.loaded_ms / 1000, CHINA)
+                    writer.writerow([r.platform_no, r.biz_serial_no, r.order_no, r.logical_no,
+                                     r.amount, loaded.strftime("%Y-%m-%d %H:%M:%S")])
+                writer.writerow(["total", "", "", "", sum(r.amount for r in rows), ""])
+            print(f"wrote {args.csv}")
 
     def plugin_cache(self, args: argparse.Namespace) -> None:
         from twisted.plugin import IPlugin, getPlugins
@@ -183,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("pki", type=int)
     rev.set_defaults(run=Admin.terminal_revoke)
     ts.add_parser("list", help="list PKI cards").set_defaults(run=Admin.terminal_list)
+
+    sub.add_parser("check", help="verify the journal and every load; exit 0 only if all agree"
+                   ).set_defaults(run=Admin.check)
+    rec = sub.add_parser("reconcile", help="the day's loads by biz_serial_no, with totals")
+    rec.add_argument("--date", required=True, help="YYYYMMDD, China time")
+    rec.add_argument("--platform", type=int, help="only this platform")
+    rec.add_argument("--csv", help="also write the rows as CSV to this file")
+    rec.set_defaults(run=Admin.reconcile)
 
     sub.add_parser("plugin-cache", help="regenerate Twisted's dropin.cache").set_defaults(
         run=Admin.plugin_cache)
