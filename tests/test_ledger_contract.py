@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,6 +30,8 @@ from lnt.records import (
     CardKind,
     CardStatus,
     Conflict,
+    Load,
+    LoadState,
     NotFound,
     OrderState,
     PKICard,
@@ -333,3 +336,98 @@ def test_journal_refuses_unbalanced_entries(dsn: DSN) -> None:
         assert result_of(SQLLedger(db, KEYS.sealer()).balances()) == {"a": 5, "b": -5}
     finally:
         db.close()
+
+
+# -- loads ------------------------------------------------------------------------------------
+
+def _pending(order_no: str, amount: int = 500) -> Load:
+    return Load(order_no, 1001, CardKind.CPU, CARD.logical_no, CARD.physical_no, amount, 1000,
+                7, "000070000472", "20261123120000", 1, LoadState.PENDING, None, None, 1, 1)
+
+
+async def _ordered(ledger: SQLLedger, pki: LedgerPKI, biz: str = "L1", amount: int = 500) -> str:
+    await pki.register(card())
+    await ledger.add_platform(Platform(7, "bikes"))
+    await ledger.register_payment(7, biz, amount, "u", 1001, "fp", 1)
+    order, _ = await ledger.create_order(7, biz, 1001, CARD, amount, 1)
+    return order.order_no
+
+
+@pytest_twisted.ensureDeferred
+async def test_load_lifecycle(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    ledger, pki = stores
+    order_no = await _ordered(ledger, pki)
+    with pytest.raises(Conflict):
+        await ledger.begin_load(replace(_pending(order_no), amount=501))
+    await ledger.begin_load(_pending(order_no))
+    with pytest.raises(Conflict):  # an order is loaded at most once
+        await ledger.begin_load(_pending(order_no))
+    assert (await ledger.order(order_no)).state is OrderState.PENDING  # type: ignore[union-attr]
+    assert await ledger.check() == []
+    settled = await ledger.settle_load(order_no, "aabbccdd", 1500, 5)
+    assert settled.state is LoadState.LOADED and settled.new_balance == 1500
+    again = await ledger.settle_load(order_no, "aabbccdd", 1500, 6)
+    assert again.state is LoadState.LOADED and again.updated_ms == 5  # the first one counts
+    with pytest.raises(Conflict):
+        await ledger.reverse_load(order_no, 7)
+    assert await ledger.check() == []
+    assert (await ledger.balances())["cards:float"] == -500
+
+
+@pytest_twisted.ensureDeferred
+async def test_settle_and_reverse_race(stores: tuple[SQLLedger, LedgerPKI], dsn: DSN) -> None:
+    """Two daemons decide one pending load at once: exactly one decision stands."""
+    ledger, pki = stores
+    order_no = await _ordered(ledger, pki)
+    await ledger.begin_load(_pending(order_no))
+    others = []
+    for _ in range(2):
+        db = Database(dsn)
+        db.start()
+        others.append(SQLLedger(db, KEYS.sealer()))
+    try:
+        results = await defer.DeferredList(
+            [others[0].settle_load(order_no, "aa", 1500, 9),
+             others[1].reverse_load(order_no, 9)], consumeErrors=True)
+        outcomes = [ok for ok, _ in results]
+        assert outcomes.count(True) == 1
+        assert await ledger.check() == []
+        entries = await ledger.balances()
+        assert ("cards:float" in entries) != ("orders:reversed" in entries)
+    finally:
+        for other in others:
+            other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_finds_tampering(stores: tuple[SQLLedger, LedgerPKI], dsn: DSN) -> None:
+    ledger, pki = stores
+    order_no = await _ordered(ledger, pki)
+    await ledger.begin_load(_pending(order_no))
+    await ledger.settle_load(order_no, "aa", 1500, 5)
+    conn = dsn.connect()
+    cur = conn.cursor()
+    cur.execute(dsn.engine.sql("UPDATE postings SET amount = amount + 1 WHERE account = ?"),
+                ("cards:float",))
+    conn.commit()
+    conn.close()
+    problems = await ledger.check()
+    assert any("does not balance" in p for p in problems)
+    assert any(f"order {order_no}" in p for p in problems)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sm_seq_and_deposits(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    ledger, pki = stores
+    await pki.register(card())
+    await ledger.open_session(1001, USER, "0000000000000001", b"k" * 16, 1, 0, 10_000)
+    first = await ledger.reserve_sm_seq(1001, "0000000000000001", 8)
+    second = await ledger.reserve_sm_seq(1001, "0000000000000001", 8)
+    assert (first, second) == (1, 9)
+    with pytest.raises(NotFound):
+        await ledger.reserve_sm_seq(1001, "0000000000000009", 8)
+    assert await ledger.note_deposit_seq(1001, 3) is True
+    assert await ledger.note_deposit_seq(1001, 3) is False
+    assert await ledger.deposit_flag(CARD.logical_no) is None
+    rid = await ledger.record_deposit(CARD.logical_no, CARD.physical_no, 2, 2, 1001, 5)
+    assert rid >= 1 and await ledger.deposit_flag(CARD.logical_no) == 2

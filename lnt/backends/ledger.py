@@ -491,15 +491,21 @@ def _check(cur: Cursor) -> list[str]:
     for (entry,) in cur.execute("SELECT id FROM journal_entries e WHERE NOT EXISTS (SELECT 1"
                                 " FROM postings p WHERE p.entry_id = e.id)").fetchall():
         problems.append(f"journal entry {entry} has no postings")
-    entries: dict[tuple[str, str], list[int]] = {}
-    for kind, ref, amount in cur.execute(
-            "SELECT e.kind, e.reference, p.amount FROM journal_entries e JOIN postings p ON"
-            " p.entry_id = e.id WHERE p.amount > 0").fetchall():
-        entries.setdefault((str(kind), str(ref)), []).append(int(amount))
+    # every entry's complete postings, by what it records: (kind, reference) -> entries
+    postings: dict[int, list[tuple[str, int]]] = {}
+    for entry, account, amount in cur.execute(
+            "SELECT entry_id, account, amount FROM postings").fetchall():
+        postings.setdefault(int(entry), []).append((str(account), int(amount)))
+    entries: dict[tuple[str, str], list[list[tuple[str, int]]]] = {}
+    for entry, kind, ref in cur.execute(
+            "SELECT id, kind, reference FROM journal_entries").fetchall():
+        entries.setdefault((str(kind), str(ref)), []).append(sorted(postings.get(int(entry), [])))
     for platform, biz, money in cur.execute(
             "SELECT platform_no, biz_serial_no, money FROM payments").fetchall():
-        if entries.get(("payment", f"{platform}:{biz}")) != [int(money)]:
-            problems.append(f"payment {platform}:{biz} is not posted exactly once")
+        expected_payment = sorted([(account_platform(int(platform)), int(money)),
+                                   (ACCOUNT_AWAITING_LOAD, -int(money))])
+        if entries.get(("payment", f"{platform}:{biz}")) != [expected_payment]:
+            problems.append(f"payment {platform}:{biz} is not posted exactly once as paid")
     orders = {str(r[0]): (str(r[1]), int(r[2])) for r in
               cur.execute("SELECT order_no, state, amount FROM orders").fetchall()}
     loads = {str(r[0]): _load(r) for r in
@@ -508,16 +514,18 @@ def _check(cur: Cursor) -> list[str]:
         load = loads.get(order_no)
         posted_load = entries.get(("load", order_no), [])
         posted_rev = entries.get(("reversal", order_no), [])
+        as_loaded = [sorted([(ACCOUNT_AWAITING_LOAD, amount), (ACCOUNT_CARD_FLOAT, -amount)])]
+        as_reversed = [sorted([(ACCOUNT_AWAITING_LOAD, amount), (ACCOUNT_REVERSED, -amount)])]
         expected = {
             "created": (None, [], []),
             "pending": (LoadState.PENDING, [], []),
-            "loaded": (LoadState.LOADED, [amount], []),
-            "reversed": (LoadState.REVERSED, [], [amount]),
+            "loaded": (LoadState.LOADED, as_loaded, []),
+            "reversed": (LoadState.REVERSED, [], as_reversed),
         }[state]
         if (load.state if load else None, posted_load, posted_rev) != expected:
             problems.append(f"order {order_no} is {state} but its load is "
                             f"{load.state.value if load else 'absent'} with {len(posted_load)}"
-                            f" load and {len(posted_rev)} reversal entries")
+                            f" load and {len(posted_rev)} reversal entries not as they must be")
         if load is not None and load.state is LoadState.LOADED and (
                 load.new_balance != load.old_balance + load.amount or load.amount != amount):
             problems.append(f"order {order_no}: loaded balance does not add up")
