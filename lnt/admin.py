@@ -9,6 +9,10 @@ ledger as the daemon (and may run while the daemon runs: every change is one tra
                       [--key-version V]
     terminal revoke N
     terminal list
+    merchant add ID --rate PRODUCT=RATE [--rate ...]   (prints its AES and MD5 keys once)
+    merchant list
+    merchant disable ID
+    voucher issue --product P --value FEN --count N    (prints numbers and passwords once)
     check                            the journal balances and every load agrees with it
     reconcile --date YYYYMMDD [--platform N] [--csv FILE]
                                      the day's loads by biz_serial_no, with totals
@@ -27,11 +31,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lnt.backends.consignments import SQLConsignments
 from lnt.backends.database import DSN, SyncDatabase, result_of
 from lnt.backends.keys import CardKeyFile, KeyFileError, PlatformKeys
 from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.schema import migrate
+from lnt.backends.vouchers import VoucherIssuer
 from lnt.records import CHINA, AlreadyExists, PKICard
 
 
@@ -150,6 +156,56 @@ class Admin:
     def ledger(self) -> SQLLedger:
         return SQLLedger(self.db(), self.keys(create=True).sealer())
 
+    def consignments(self) -> SQLConsignments:
+        return SQLConsignments(self.db(), self.keys(create=True).sealer())
+
+    def merchant_add(self, args: argparse.Namespace) -> None:
+        rates: dict[str, int] = {}
+        for text in args.rate or []:
+            product, _, rate = text.partition("=")
+            try:
+                value = float(rate)
+            except ValueError:
+                raise Refused(f"--rate {text!r}: use PRODUCT=RATE, e.g. LNT100=0.95") from None
+            if not product or not 0 <= value <= 1:
+                raise Refused(f"--rate {text!r}: the rate is between 0 and 1")
+            rates[product] = round(value * 10_000)
+        try:
+            m = result_of(self.consignments().add_merchant(args.customer_id, rates,
+                                                           int(time.time() * 1000)))
+        except AlreadyExists as e:
+            raise Refused(str(e)) from None
+        print(f"merchant {m.customer_id} added; give them these keys (shown only now):")
+        print(f"  AES key: {m.aes_key}")
+        print(f"  MD5 key: {m.md5_key}")
+        for product, bp in sorted(m.rates.items()):
+            print(f"  rate {product}: {bp / 10_000:.4f}")
+
+    def merchant_list(self, args: argparse.Namespace) -> None:
+        store = self.consignments()
+        print(f"{'customerId':<16} {'status':<9} {'balance':>10}  rates")
+        for cid, active, rates in result_of(store.merchants()):
+            balance = result_of(store.balance(cid))
+            shown = ", ".join(f"{p}={bp / 10_000:.4f}" for p, bp in sorted(rates.items()))
+            print(f"{cid:<16} {'active' if active else 'disabled':<9} {balance:>10}  {shown}")
+
+    def merchant_disable(self, args: argparse.Namespace) -> None:
+        if not result_of(self.consignments().set_active(args.customer_id, False)):
+            raise Refused(f"no merchant {args.customer_id}")
+        print(f"merchant {args.customer_id} disabled")
+
+    def voucher_issue(self, args: argparse.Namespace) -> None:
+        issuer = VoucherIssuer(self.db(), self.keys(create=True).storage_key)
+        try:
+            issued = result_of(issuer.issue(args.product, args.value, args.count,
+                                            int(time.time() * 1000)))
+        except ValueError as e:
+            raise Refused(str(e)) from None
+        print(f"{len(issued)} vouchers of {args.product}, {args.value} fen each "
+              "(numbers and passwords are shown only now):")
+        for v in issued:
+            print(f"  {v.card_number}  {v.password}")
+
     def check(self, args: argparse.Namespace) -> None:
         ledger = self.ledger()
         problems = result_of(ledger.check())
@@ -231,6 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("pki", type=int)
     rev.set_defaults(run=Admin.terminal_revoke)
     ts.add_parser("list", help="list PKI cards").set_defaults(run=Admin.terminal_list)
+
+    merchant = sub.add_parser("merchant", help="consignment merchants")
+    ms = merchant.add_subparsers(dest="action", required=True)
+    madd = ms.add_parser("add", help="add a merchant; prints its keys once")
+    madd.add_argument("customer_id")
+    madd.add_argument("--rate", action="append", metavar="PRODUCT=RATE",
+                      help="settlement rate of a product, e.g. LNT100=0.95 (repeatable)")
+    madd.set_defaults(run=Admin.merchant_add)
+    ms.add_parser("list", help="merchants, balances, rates").set_defaults(run=Admin.merchant_list)
+    mdis = ms.add_parser("disable", help="refuse the merchant's calls from now on")
+    mdis.add_argument("customer_id")
+    mdis.set_defaults(run=Admin.merchant_disable)
+    voucher = sub.add_parser("voucher", help="the platform's prepaid vouchers")
+    vs = voucher.add_subparsers(dest="action", required=True)
+    vis = vs.add_parser("issue", help="issue vouchers; prints numbers and passwords once")
+    vis.add_argument("--product", required=True)
+    vis.add_argument("--value", type=int, required=True, help="face value, fen")
+    vis.add_argument("--count", type=int, default=1)
+    vis.set_defaults(run=Admin.voucher_issue)
 
     sub.add_parser("check", help="verify the journal and every load; exit 0 only if all agree"
                    ).set_defaults(run=Admin.check)

@@ -50,6 +50,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timestamp-window", "300", "order API: seconds a request's timestamp may be off",
             float),
     Setting("http-max-body", "65536", "largest HTTP request body in bytes; larger get 413", int),
+    Setting("notify-timeout", "10", "seconds one merchant notification attempt may take",
+            float),
+    Setting("notify-retries", "10,20",
+            "seconds before each retry of an undelivered notification, comma-separated"),
     Setting("demo", "yes", "provision the demo terminal, cards and merchant (yes/no)", bool),
 )
 
@@ -71,6 +75,14 @@ def _convert(setting: Setting, raw: str) -> Any:
         raise ConfigError(f"{setting.name}: {raw!r} is not a valid {kind}") from None
     if setting.kind in (int, float) and value <= 0:
         raise ConfigError(f"{setting.name}: must be positive, not {raw}")
+    if setting.name == "notify-retries":
+        try:
+            intervals = [float(x) for x in raw.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"notify-retries: {raw!r} is not a list of seconds") from None
+        if any(x <= 0 for x in intervals):
+            raise ConfigError("notify-retries: intervals must be positive")
+        return intervals
     return value
 
 

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from Crypto.Random import get_random_bytes
 from twisted.logger import Logger
 
+from lnt.backends.consignments import SQLConsignments
 from lnt.backends.core import CoreKeys
 from lnt.backends.database import DSN, SyncDatabase, result_of
 from lnt.backends.keys import CardKeyFile, PlatformKeys
 from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
+from lnt.backends.vouchers import VoucherIssuer
 from lnt.logs import mask_card
 from lnt.records import PKICard, Platform
 from lnt.sim.cards import PURSE_SECTOR, Card, CPUCard, M1Card, save_new
@@ -33,6 +36,8 @@ DEMO_PKI_NO = 70000472
 DEMO_USER_ID = b"DEMO-TERMINAL-01"
 DEMO_FILE = "demo.json"
 DEMO_PLATFORM = 7
+DEMO_MERCHANT = "10001"
+DEMO_PRODUCT = "LNT100"
 #: (kind, logical card number, balance in fen at issue)
 DEMO_CARDS = (("cpu", "5100000000000001", 1000), ("m1", "5100000000000002", 500))
 
@@ -57,6 +62,9 @@ def provision(data_dir: Path, dsn: DSN, keys: PlatformKeys, core: CoreKeys) -> d
     try:
         demo["terminal"] = _terminal(data_dir, db, keys)
         demo["platform"] = _platform(db, keys)
+        demo.setdefault("merchant", None)
+        if not demo["merchant"]:
+            demo["merchant"], demo["vouchers"] = _merchant(db, keys)
     finally:
         db.close()
     demo["cards"] = _cards(data_dir, core)
@@ -69,6 +77,22 @@ def _platform(db: SyncDatabase, keys: PlatformKeys) -> dict[str, Any]:
     if result_of(ledger.add_platform(Platform(DEMO_PLATFORM, "public bicycle (demo)"))):
         log.info("demo: registered platform {n}", n=DEMO_PLATFORM)
     return {"platform_no": DEMO_PLATFORM, "name": "public bicycle (demo)"}
+
+
+def _merchant(db: SyncDatabase, keys: PlatformKeys
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The demo merchant and a few unredeemed vouchers (their passwords only here)."""
+    store = SQLConsignments(db, keys.sealer())
+    now = int(time.time() * 1000)
+    existing = result_of(store.merchant(DEMO_MERCHANT))
+    merchant = existing or result_of(store.add_merchant(DEMO_MERCHANT, {DEMO_PRODUCT: 9500},
+                                                        now))
+    vouchers = result_of(VoucherIssuer(db, keys.storage_key).issue(DEMO_PRODUCT, 10_000, 3, now))
+    log.info("demo: merchant {m} with 3 vouchers", m=DEMO_MERCHANT)
+    return ({"customerId": merchant.customer_id, "aes_key": merchant.aes_key,
+             "md5_key": merchant.md5_key, "rates": {DEMO_PRODUCT: 0.95}},
+            [{"cardNumber": v.card_number, "cardPassword": v.password,
+              "productCode": v.product_code, "faceValue": v.face_value} for v in vouchers])
 
 
 def _cards(data_dir: Path, core: CoreKeys) -> list[dict[str, Any]]:

@@ -23,14 +23,18 @@ if TYPE_CHECKING:
     from lnt.flows.base import FlowContext
     from lnt.records import (
         CardIdentity,
+        Consignment,
         CPULoad,
         Load,
+        Merchant,
+        Notification,
         Order,
         OrderState,
         Payment,
         PKICard,
         Platform,
         ReconRow,
+        Redemption,
         Session,
     )
 
@@ -113,6 +117,71 @@ class ICoreModule(Interface):
 
     def m1_sector_keys(physical_no: bytes, sectors: list[int]) -> Deferred[dict[int, bytes]]:
         """The 6-byte keys of an M1 card's purse sectors, diversified with its serial."""
+
+
+class IIssuer(Interface):
+    """
+    Whoever issued the cards merchants consign: verifies a card and redeems it. The shipped
+    issuer is the platform's own prepaid vouchers (L{lnt.backends.vouchers}).
+    """
+
+    def redeem(card_number: str, password: str, product_code: str, face_value: int,
+               reference: str, now_ms: int) -> Deferred[Redemption]:
+        """
+        Redeem the card for C{reference} (a consignment order) if it exists, the password is
+        right, it is of this product and face value, and it was not redeemed before. A card
+        redeemed before under the same reference answers that redemption again (processing
+        repeated after a crash); under another it is refused. Never raises for a bad card:
+        the reason is in the answer.
+        """
+
+
+class IConsignments(Interface):
+    """Merchants, consignment orders, merchant top-ups and the notification outbox."""
+
+    def merchant(customer_id: str) -> Deferred[Merchant | None]:
+        """The merchant with its keys (unsealed) and rates, if registered."""
+
+    def balance(customer_id: str) -> Deferred[int]:
+        """What the platform owes the merchant, fen, derived from the journal."""
+
+    def submit(customer_id: str, order_id: str, batchno: str, product_code: str, amount: int,
+               notify_url: str, custom: str, card_number: str, password: str, card_masked: str,
+               now_ms: int) -> Deferred[tuple[Consignment, bool]]:
+        """
+        Record a consignment (card data sealed); (order, created). A repeated orderId of the
+        merchant answers the first order. Errbacks with L{lnt.records.BatchFull}.
+        """
+
+    def consignment(customer_id: str, order_id: str) -> Deferred[Consignment | None]:
+        """The merchant's order with this orderId."""
+
+    def processing() -> Deferred[list[str]]:
+        """The system order IDs still to process, oldest first."""
+
+    def card_of(system_order_id: str) -> Deferred[tuple[Consignment, str, str] | None]:
+        """(order, card number, password) of an order still processing."""
+
+    def complete(system_order_id: str, face_value: int | None, message: str, now_ms: int
+                 ) -> Deferred[Consignment]:
+        """Finish an order: state, journal entry, outbox row, card data erased. Idempotent."""
+
+    def topup(customer_id: str, order_id: str, amount: int, logical_no: str, now_ms: int
+              ) -> Deferred[tuple[Order, bool]]:
+        """
+        Spend merchant balance on a recharge order for a card; (order, created). Errbacks with
+        L{lnt.records.InsufficientBalance} or L{lnt.records.Conflict}.
+        """
+
+    def topup_order(customer_id: str, order_id: str) -> Deferred[Order | None]:
+        """The recharge order a top-up made."""
+
+    def due(now_ms: int, limit: int, lease_ms: int) -> Deferred[list[Notification]]:
+        """Claim notifications due now for C{lease_ms}."""
+
+    def attempted(notification_id: int, outcome: str, delivered: bool,
+                  retry_intervals: list[float], now_ms: int) -> Deferred[None]:
+        """Record an attempt; schedule the next one or end it (delivered / failed)."""
 
 
 class ILedger(Interface):

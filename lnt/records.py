@@ -167,6 +167,67 @@ class ReconRow:
     loaded_ms: int
 
 
+class InsufficientBalance(Exception):
+    """The merchant's balance does not cover the top-up."""
+
+
+class BatchFull(Exception):
+    """A batch holds at most 2000 cards."""
+
+
+@dataclass(frozen=True)
+class Merchant:
+    customer_id: str
+    aes_key: str = field(repr=False)
+    md5_key: str = field(repr=False)
+    active: bool
+    #: product code -> settlement rate in basis points (9500 = 95 %)
+    rates: dict[str, int]
+
+
+class ConsignmentState(StrEnum):
+    PROCESSING = "processing"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Consignment:
+    system_order_id: str
+    customer_id: str
+    order_id: str
+    batchno: str
+    product_code: str
+    amount: int
+    notify_url: str
+    custom: str
+    card_masked: str
+    state: ConsignmentState
+    message: str
+    success_amount: int | None
+    actual_amount: int | None
+    success_ms: int | None
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class Redemption:
+    """What the issuer says of a card: redeemed now (or before, for the same reference)."""
+
+    ok: bool
+    face_value: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: int
+    reference: str
+    url: str
+    body: str
+    attempts: int
+
+
 class MACError(Exception):
     """A card's MAC (MAC1, TAC) does not verify: the card or the message is not genuine."""
 

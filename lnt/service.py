@@ -32,20 +32,24 @@ from twisted.web.server import Site
 
 import lnt
 from lnt import systemd
+from lnt.backends.consignments import SQLConsignments
 from lnt.backends.core import CoreKeys, FileCoreModule
 from lnt.backends.database import DSN, Database
 from lnt.backends.keys import PlatformKeys
 from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.schema import migrate
+from lnt.backends.vouchers import VoucherIssuer
 from lnt.config import SETTINGS, ConfigError, read_ini, resolve
 from lnt.demo import provision
 from lnt.flows.base import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowRegistry
-from lnt.web import orderapi
+from lnt.web import consignapi, orderapi
+from lnt.web.consignapi import ConsignmentAPI, Processor
 from lnt.web.health import Health
 from lnt.web.json import Root
 from lnt.web.limits import limited_request
+from lnt.web.notifier import Notifier
 from lnt.web.orderapi import OrderAPI
 
 log = Logger()
@@ -133,8 +137,12 @@ class RechargeService(MultiService):
         ledger: SQLLedger,
         flows: DDServerFactory,
         reactor: Any,
+        notifier: Notifier,
+        processor: Processor,
     ) -> None:
         super().__init__()
+        self.notifier = notifier
+        self.processor = processor
         self.settings = settings
         self.db = db
         self.ledger = ledger
@@ -145,6 +153,10 @@ class RechargeService(MultiService):
     def startService(self) -> None:
         self.db.start()
         super().startService()
+        self.notifier.startService()
+        # consignments a crash interrupted are finished now
+        self.processor.sweep().addErrback(
+            lambda f: log.failure("consignment sweep failed", f))
         listening: dict[str, Any] = {
             str(s.name): s.address() for s in self if isinstance(s, ListenerService)
         }
@@ -162,6 +174,7 @@ class RechargeService(MultiService):
         listeners = [s for s in self if isinstance(s, ListenerService)]
         await defer.gatherResults([s.stopService() for s in listeners])
         await self.flows.drain(self.settings["shutdown-grace"])
+        await self.notifier.stopService()
         self.running = 0
         self.ledger.close()
         try:
@@ -224,11 +237,19 @@ def makeService(options: Options, reactor: Any = None) -> RechargeService:
     root.putChild(b"health", Health(ledger, clock, settings["backend-timeout"]))
     orderapi.install(root, OrderAPI(ledger, pki, clock, settings["backend-timeout"],
                                     settings["timestamp-window"]))
+    store = SQLConsignments(db, keys.sealer())
+    issuer = VoucherIssuer(db, keys.storage_key)
+    notifier = Notifier(store, clock, settings["notify-timeout"], settings["notify-retries"],
+                        reactor=reactor)
+    processor = Processor(store, issuer, clock, notifier.wake, settings["backend-timeout"])
+    consignapi.install(root, ConsignmentAPI(store, ledger, processor, clock,
+                                            settings["backend-timeout"],
+                                            settings["timestamp-window"]))
     site = Site(root, timeout=60, requestFactory=limited_request(settings["http-max-body"]))
     site.displayTracebacks = False
     site.noisy = False
 
-    service = RechargeService(settings, db, ledger, flows, reactor)
+    service = RechargeService(settings, db, ledger, flows, reactor, notifier, processor)
     ListenerService("flows", settings["flows"], flows, reactor).setServiceParent(service)
     ListenerService("http", settings["http"], site, reactor).setServiceParent(service)
     return service

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 
 from lnt.backends.database import DSN, Database, DatabaseConfigError, SyncDatabase, result_of
+from lnt.backends.journal import UnbalancedEntry, post
 from lnt.backends.keys import CardKeyFile, PlatformKeys, key_from_scalar
-from lnt.backends.ledger import SQLLedger, UnbalancedEntry, post
+from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.schema import LATEST, MIGRATIONS, SchemaTooNew, migrate
 from lnt.records import (

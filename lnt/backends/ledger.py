@@ -15,6 +15,14 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from lnt.backends.database import Cursor, Transactor
+from lnt.backends.journal import (
+    ACCOUNT_AWAITING_LOAD,
+    ACCOUNT_CARD_FLOAT,
+    ACCOUNT_REVERSED,
+    account_merchant,
+    account_platform,
+    post,
+)
 from lnt.backends.keys import Sealer
 from lnt.backends.schema import current_version
 from lnt.interfaces import ILedger
@@ -317,6 +325,11 @@ class SQLLedger:
                                        OrderState.CREATED.value))
             if cur.rowcount != 1:
                 raise Conflict(f"order {load.order_no} is {row[0]}, not waiting for a load")
+            # an order made by a merchant's top-up names only the logical number: the first
+            # load binds it to the physical card
+            cur.execute("UPDATE orders SET physical_no = ?, card_kind = ? WHERE order_no = ?"
+                        " AND physical_no = ''", (load.physical_no, load.card_kind.value,
+                                                  load.order_no))
             cur.execute(f"INSERT INTO loads ({_LOAD}) VALUES"
                         " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _load_row(load))
             return load
@@ -433,37 +446,6 @@ class SQLLedger:
         self.db.close()
 
 
-# -- the journal ------------------------------------------------------------------------------
-
-ACCOUNT_AWAITING_LOAD = "orders:awaiting-load"
-ACCOUNT_CARD_FLOAT = "cards:float"
-ACCOUNT_REVERSED = "orders:reversed"
-
-
-def account_platform(platform_no: int) -> str:
-    """What a third-party platform owes for the recharges it sold (its collected money)."""
-    return f"platform:{platform_no}:receivable"
-
-
-class UnbalancedEntry(AssertionError):
-    """A journal entry whose postings do not sum to zero: a bug, never written."""
-
-
-def post(cur: Cursor, kind: str, reference: str, now_ms: int,
-         postings: list[tuple[str, int]]) -> None:
-    """
-    Append one balanced journal entry (in the caller's transaction). Debits are positive,
-    credits negative; they must sum to zero. Entries are never updated or deleted.
-    """
-    if sum(amount for _, amount in postings) != 0 or not postings:
-        raise UnbalancedEntry(f"{kind} {reference}: postings do not balance")
-    row = cur.execute("INSERT INTO journal_entries (kind, reference, at_ms) VALUES (?, ?, ?)"
-                      " RETURNING id", (kind, reference, now_ms)).fetchone()
-    assert row is not None
-    cur.executemany("INSERT INTO postings (entry_id, account, amount) VALUES (?, ?, ?)",
-                    [(row[0], account, amount) for account, amount in postings])
-
-
 _LOAD = ("order_no, pki_no, card_kind, logical_no, physical_no, amount, old_balance,"
          " online_serial, terminal_id, load_time, key_version, state, tac, new_balance,"
          " created_ms, updated_ms")
@@ -500,10 +482,12 @@ def _check(cur: Cursor) -> list[str]:
     for entry, kind, ref in cur.execute(
             "SELECT id, kind, reference FROM journal_entries").fetchall():
         entries.setdefault((str(kind), str(ref)), []).append(sorted(postings.get(int(entry), [])))
-    for platform, biz, money in cur.execute(
-            "SELECT platform_no, biz_serial_no, money FROM payments").fetchall():
-        expected_payment = sorted([(account_platform(int(platform)), int(money)),
-                                   (ACCOUNT_AWAITING_LOAD, -int(money))])
+    for platform, biz, money, user in cur.execute(
+            "SELECT platform_no, biz_serial_no, money, user_id FROM payments").fetchall():
+        # platform 0: a merchant's top-up (/v2_queryBuy), paid from the merchant's balance
+        payer = account_merchant(str(user)) if int(platform) == 0 else \
+            account_platform(int(platform))
+        expected_payment = sorted([(payer, int(money)), (ACCOUNT_AWAITING_LOAD, -int(money))])
         if entries.get(("payment", f"{platform}:{biz}")) != [expected_payment]:
             problems.append(f"payment {platform}:{biz} is not posted exactly once as paid")
     orders = {str(r[0]): (str(r[1]), int(r[2])) for r in

@@ -154,6 +154,74 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         CREATE INDEX deposits_card ON deposits (logical_no, id);
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE merchants (
+            customer_id TEXT PRIMARY KEY,
+            aes_key {bytes} NOT NULL,
+            md5_key {bytes} NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1,
+            created_ms {bigint} NOT NULL
+        );
+        CREATE TABLE merchant_rates (
+            customer_id TEXT NOT NULL REFERENCES merchants (customer_id),
+            product_code TEXT NOT NULL,
+            rate_bp INTEGER NOT NULL CHECK (rate_bp BETWEEN 0 AND 10000),
+            PRIMARY KEY (customer_id, product_code)
+        );
+        CREATE TABLE vouchers (
+            card_id TEXT PRIMARY KEY,
+            masked TEXT NOT NULL,
+            salt {bytes} NOT NULL,
+            password_hash {bytes} NOT NULL,
+            face_value {bigint} NOT NULL CHECK (face_value > 0),
+            product_code TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('issued', 'redeemed')),
+            redeemed_ref TEXT UNIQUE,
+            created_ms {bigint} NOT NULL,
+            redeemed_ms {bigint}
+        );
+        CREATE TABLE consignments (
+            system_order_id TEXT PRIMARY KEY,
+            customer_id TEXT NOT NULL REFERENCES merchants (customer_id),
+            order_id TEXT NOT NULL,
+            batchno TEXT NOT NULL,
+            product_code TEXT NOT NULL,
+            amount {bigint} NOT NULL,
+            notify_url TEXT NOT NULL,
+            custom TEXT NOT NULL,
+            card_masked TEXT NOT NULL,
+            secrets {bytes},
+            state TEXT NOT NULL CHECK (state IN ('processing', 'success', 'failed')),
+            message TEXT NOT NULL,
+            success_amount {bigint},
+            actual_amount {bigint},
+            success_ms {bigint},
+            created_ms {bigint} NOT NULL,
+            UNIQUE (customer_id, order_id)
+        );
+        CREATE INDEX consignments_batch ON consignments (customer_id, batchno);
+        CREATE INDEX consignments_state ON consignments (state);
+        CREATE TABLE notifications (
+            id {serial},
+            reference TEXT NOT NULL,
+            url TEXT NOT NULL,
+            body TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_ms {bigint} NOT NULL,
+            created_ms {bigint} NOT NULL
+        );
+        CREATE INDEX notifications_due ON notifications (state, next_ms);
+        CREATE TABLE notify_attempts (
+            notification_id {bigint} NOT NULL REFERENCES notifications (id),
+            at_ms {bigint} NOT NULL,
+            outcome TEXT NOT NULL
+        );
+        INSERT INTO platforms (platform_no, name, active) VALUES (0, 'consignment merchants', 1);
+        """,
+    ),
 )
 
 #: The version this code writes.

@@ -170,8 +170,9 @@ class RechargeFlow(_SecureFlow):
         if card.purse_type not in (PurseType.CPU, PurseType.M1):
             raise FlowError(InfoCode.PURSE_TYPE_UNKNOWN, f"purse type {card.purse_type:02X}")
         kind = CardKind.CPU if card.purse_type == PurseType.CPU else CardKind.M1
-        if (card.logical_no, card.physical.hex(), kind) != (order.logical_no, order.physical_no,
-                                                            order.card_kind):
+        bound = order.physical_no != ""  # a merchant's top-up binds the card at its load
+        if card.logical_no != order.logical_no or (bound and (
+                card.physical.hex(), kind) != (order.physical_no, order.card_kind)):
             raise FlowError(InfoCode.ORDER_CARD_MISMATCH,
                             f"order {order_no} is for another card")
         if card.terminal_id != tid:
@@ -313,8 +314,9 @@ class RechargeFlow(_SecureFlow):
     async def _begin(self, order: Order, card: CardInfo, context: LoadContext,
                      old_balance: int, online_serial: int | None, key_version: int) -> Load:
         now = self.context.now_ms()
-        load = Load(order.order_no, self.pki, order.card_kind, order.logical_no,
-                    order.physical_no, order.amount, old_balance, online_serial,
+        kind = CardKind.CPU if card.purse_type == PurseType.CPU else CardKind.M1
+        load = Load(order.order_no, self.pki, kind, order.logical_no,
+                    card.physical.hex(), order.amount, old_balance, online_serial,
                     context.terminal_id.hex(), context.load_time, key_version,
                     LoadState.PENDING, None, None, now, now)
         try:

@@ -1,0 +1,375 @@
+"""
+L{IConsignments} over SQL: merchants, consignment orders, merchant top-ups (/v2_queryBuy) and
+the notification outbox. Secrets at rest (merchant keys, the card number and password of an
+order still being processed) are sealed with the platform's storage key; a processed order's
+card data is erased.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from lnt.backends.database import Cursor, Transactor
+from lnt.backends.journal import (
+    ACCOUNT_AWAITING_LOAD,
+    ACCOUNT_CONSIGNMENT_FEES,
+    ACCOUNT_VOUCHERS_OUTSTANDING,
+    account_merchant,
+    post,
+)
+from lnt.backends.keys import Sealer
+from lnt.consign import make_sign
+from lnt.interfaces import IConsignments
+from lnt.records import (
+    CHINA,
+    AlreadyExists,
+    BatchFull,
+    CardKind,
+    Conflict,
+    Consignment,
+    ConsignmentState,
+    InsufficientBalance,
+    Merchant,
+    Notification,
+    Order,
+    OrderState,
+)
+
+BATCH_LIMIT = 2000
+#: the pseudo platform of merchants' top-ups
+TOPUP_PLATFORM = 0
+_CONSIGNMENT = ("system_order_id, customer_id, order_id, batchno, product_code, amount,"
+                " notify_url, custom, card_masked, state, message, success_amount, actual_amount,"
+                " success_ms, created_ms")
+
+
+def _consignment(row: tuple[Any, ...]) -> Consignment:
+    return Consignment(str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]),
+                       int(row[5]), str(row[6]), str(row[7]), str(row[8]),
+                       ConsignmentState(row[9]), str(row[10]),
+                       None if row[11] is None else int(row[11]),
+                       None if row[12] is None else int(row[12]),
+                       None if row[13] is None else int(row[13]), int(row[14]))
+
+
+def notification_fields(c: Consignment) -> dict[str, str]:
+    """The fields posted to notify_url (the document's table; amounts in fen)."""
+    return {
+        "customerId": c.customer_id,
+        "systemOrderId": c.system_order_id,
+        "orderId": c.order_id,
+        "status": "2" if c.state is ConsignmentState.SUCCESS else "3",
+        "message": c.message,
+        "money": str(c.amount),
+        "successAmount": "" if c.success_amount is None else str(c.success_amount),
+        "actualAmount": "" if c.actual_amount is None else str(c.actual_amount),
+        "successTime": "" if c.success_ms is None else str(c.success_ms // 1000),
+        "custom": c.custom,
+    }
+
+
+@implementer(IConsignments)
+class SQLConsignments:
+    def __init__(self, db: Transactor, sealer: Sealer) -> None:
+        self.db = db
+        self._sealer = sealer
+
+    # -- merchants ------------------------------------------------------------------------
+
+    def add_merchant(self, customer_id: str, rates: dict[str, int], now_ms: int
+                     ) -> Deferred[Merchant]:
+        aes, md5 = secrets.token_hex(8), secrets.token_hex(16)
+        label = b"merchant:" + customer_id.encode()
+        sealed = (self._sealer.seal(aes.encode(), label + b":aes"),
+                  self._sealer.seal(md5.encode(), label + b":md5"))
+
+        def txn(cur: Cursor) -> Merchant:
+            if cur.execute("SELECT 1 FROM merchants WHERE customer_id = ?",
+                           (customer_id,)).fetchone():
+                raise AlreadyExists(f"merchant {customer_id} exists already")
+            cur.execute("INSERT INTO merchants (customer_id, aes_key, md5_key, active,"
+                        " created_ms) VALUES (?, ?, ?, 1, ?)", (customer_id, *sealed, now_ms))
+            cur.executemany("INSERT INTO merchant_rates (customer_id, product_code, rate_bp)"
+                            " VALUES (?, ?, ?)", [(customer_id, p, r) for p, r in rates.items()])
+            return Merchant(customer_id, aes, md5, True, dict(rates))
+
+        return self.db.runInteraction("add merchant", txn)
+
+    def merchant(self, customer_id: str) -> Deferred[Merchant | None]:
+        def txn(cur: Cursor) -> tuple[Any, ...] | None:
+            row = cur.execute("SELECT aes_key, md5_key, active FROM merchants WHERE"
+                              " customer_id = ?", (customer_id,)).fetchone()
+            if row is None:
+                return None
+            rates = cur.execute("SELECT product_code, rate_bp FROM merchant_rates WHERE"
+                                " customer_id = ?", (customer_id,)).fetchall()
+            return (*row, {str(p): int(r) for p, r in rates})
+
+        def unseal(row: tuple[Any, ...] | None) -> Merchant | None:
+            if row is None:
+                return None
+            label = b"merchant:" + customer_id.encode()
+            return Merchant(customer_id,
+                            self._sealer.open(bytes(row[0]), label + b":aes").decode(),
+                            self._sealer.open(bytes(row[1]), label + b":md5").decode(),
+                            bool(row[2]), row[3])
+
+        return self.db.runInteraction("merchant", txn).addCallback(unseal)
+
+    def merchants(self) -> Deferred[list[tuple[str, bool, dict[str, int]]]]:
+        def txn(cur: Cursor) -> list[tuple[str, bool, dict[str, int]]]:
+            out = []
+            for cid, active in cur.execute("SELECT customer_id, active FROM merchants ORDER BY"
+                                           " customer_id").fetchall():
+                rates = cur.execute("SELECT product_code, rate_bp FROM merchant_rates WHERE"
+                                    " customer_id = ?", (cid,)).fetchall()
+                out.append((str(cid), bool(active), {str(p): int(r) for p, r in rates}))
+            return out
+
+        return self.db.runInteraction("merchants", txn)
+
+    def set_active(self, customer_id: str, active: bool) -> Deferred[bool]:
+        def txn(cur: Cursor) -> bool:
+            cur.execute("UPDATE merchants SET active = ? WHERE customer_id = ?",
+                        (int(active), customer_id))
+            return cur.rowcount == 1
+
+        return self.db.runInteraction("merchant active", txn)
+
+    def balance(self, customer_id: str) -> Deferred[int]:
+        def txn(cur: Cursor) -> int:
+            row = cur.execute("SELECT COALESCE(SUM(amount), 0) FROM postings WHERE account = ?",
+                              (account_merchant(customer_id),)).fetchone()
+            return -int(row[0]) if row else 0
+
+        return self.db.runInteraction("merchant balance", txn)
+
+    # -- consignments -----------------------------------------------------------------------
+
+    def submit(self, customer_id: str, order_id: str, batchno: str, product_code: str,
+               amount: int, notify_url: str, custom: str, card_number: str, password: str,
+               card_masked: str, now_ms: int) -> Deferred[tuple[Consignment, bool]]:
+        day = datetime.fromtimestamp(now_ms / 1000, CHINA).strftime("%Y%m%d")
+        system_id = f"C{day}{secrets.randbelow(10**12):012d}"
+        sealed = self._sealer.seal(json.dumps([card_number, password]).encode(),
+                                   b"consignment:" + system_id.encode())
+
+        def txn(cur: Cursor) -> tuple[Consignment, bool]:
+            row = cur.execute(f"SELECT {_CONSIGNMENT} FROM consignments WHERE customer_id = ?"
+                              " AND order_id = ?", (customer_id, order_id)).fetchone()
+            if row is not None:
+                return _consignment(row), False
+            (count,) = cur.execute("SELECT COUNT(*) FROM consignments WHERE customer_id = ? AND"
+                                   " batchno = ?", (customer_id, batchno)).fetchone() or (0,)
+            if int(count) >= BATCH_LIMIT:
+                raise BatchFull(f"batch {batchno} holds {BATCH_LIMIT} cards already")
+            c = Consignment(system_id, customer_id, order_id, batchno, product_code, amount,
+                            notify_url, custom, card_masked, ConsignmentState.PROCESSING,
+                            "processing", None, None, None, now_ms)
+            cur.execute(f"INSERT INTO consignments ({_CONSIGNMENT}, secrets) VALUES"
+                        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (system_id, customer_id, order_id, batchno, product_code, amount,
+                         notify_url, custom, card_masked, c.state.value, c.message, None, None,
+                         None, now_ms, sealed))
+            return c, True
+
+        return self.db.runInteraction("submit consignment", txn)
+
+    def consignment(self, customer_id: str, order_id: str) -> Deferred[Consignment | None]:
+        def txn(cur: Cursor) -> Consignment | None:
+            row = cur.execute(f"SELECT {_CONSIGNMENT} FROM consignments WHERE customer_id = ?"
+                              " AND order_id = ?", (customer_id, order_id)).fetchone()
+            return None if row is None else _consignment(row)
+
+        return self.db.runInteraction("consignment", txn)
+
+    def processing(self) -> Deferred[list[str]]:
+        def txn(cur: Cursor) -> list[str]:
+            return [str(r[0]) for r in cur.execute(
+                "SELECT system_order_id FROM consignments WHERE state = 'processing' ORDER BY"
+                " created_ms").fetchall()]
+
+        return self.db.runInteraction("processing consignments", txn)
+
+    def card_of(self, system_order_id: str) -> Deferred[tuple[Consignment, str, str] | None]:
+        def txn(cur: Cursor) -> tuple[Any, ...] | None:
+            row = cur.execute(f"SELECT {_CONSIGNMENT}, secrets FROM consignments WHERE"
+                              " system_order_id = ? AND state = 'processing'",
+                              (system_order_id,)).fetchone()
+            return row
+
+        def unseal(row: tuple[Any, ...] | None) -> tuple[Consignment, str, str] | None:
+            if row is None:
+                return None
+            number, password = json.loads(self._sealer.open(
+                bytes(row[-1]), b"consignment:" + system_order_id.encode()))
+            return _consignment(row[:-1]), number, password
+
+        return self.db.runInteraction("consignment card", txn).addCallback(unseal)
+
+    def complete(self, system_order_id: str, face_value: int | None, message: str,
+                 now_ms: int) -> Deferred[Consignment]:
+        """
+        Finish a consignment in one transaction: its state, its journal entry (on success: the
+        voucher's value to the merchant at its rate, the rest as the platform's fee), its
+        notification in the outbox, and the card data erased. Idempotent.
+        """
+
+        def txn(cur: Cursor) -> Consignment:
+            row = cur.execute(f"SELECT {_CONSIGNMENT} FROM consignments WHERE"
+                              " system_order_id = ?", (system_order_id,)).fetchone()
+            assert row is not None
+            c = _consignment(row)
+            if c.state is not ConsignmentState.PROCESSING:
+                return c
+            key_row = cur.execute("SELECT md5_key FROM merchants WHERE customer_id = ?",
+                                  (c.customer_id,)).fetchone()
+            if face_value is not None:
+                rate = cur.execute("SELECT rate_bp FROM merchant_rates WHERE customer_id = ? AND"
+                                   " product_code = ?", (c.customer_id, c.product_code)
+                                   ).fetchone()
+                actual = face_value * (int(rate[0]) if rate else 0) // 10_000
+                post(cur, "consignment", system_order_id, now_ms, [
+                    (ACCOUNT_VOUCHERS_OUTSTANDING, face_value),
+                    (account_merchant(c.customer_id), -actual),
+                    (ACCOUNT_CONSIGNMENT_FEES, actual - face_value),
+                ])
+                done = Consignment(**{**c.__dict__, "state": ConsignmentState.SUCCESS,
+                                      "message": message, "success_amount": face_value,
+                                      "actual_amount": actual, "success_ms": now_ms})
+            else:
+                done = Consignment(**{**c.__dict__, "state": ConsignmentState.FAILED,
+                                      "message": message})
+            cur.execute("UPDATE consignments SET state = ?, message = ?, success_amount = ?,"
+                        " actual_amount = ?, success_ms = ?, secrets = NULL WHERE"
+                        " system_order_id = ?", (done.state.value, done.message,
+                                                 done.success_amount, done.actual_amount,
+                                                 done.success_ms, system_order_id))
+            if done.notify_url and key_row is not None:
+                md5 = self._sealer.open(bytes(key_row[0]),
+                                        b"merchant:" + c.customer_id.encode() + b":md5").decode()
+                fields = notification_fields(done)
+                fields["sign"] = make_sign(fields, md5)
+                cur.execute("INSERT INTO notifications (reference, url, body, state, attempts,"
+                            " next_ms, created_ms) VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+                            (system_order_id, done.notify_url, urlencode(fields), now_ms,
+                             now_ms))
+            return done
+
+        return self.db.runInteraction("complete consignment", txn)
+
+    # -- top-ups (/v2_queryBuy) -------------------------------------------------------------
+
+    def topup(self, customer_id: str, order_id: str, amount: int, logical_no: str,
+              now_ms: int) -> Deferred[tuple[Order, bool]]:
+        biz = f"{customer_id}:{order_id}"
+
+        def txn(cur: Cursor) -> tuple[Order, bool]:
+            row = cur.execute("SELECT order_no, logical_no, amount, state, created_ms,"
+                              " updated_ms, physical_no, card_kind FROM orders WHERE"
+                              " platform_no = ? AND biz_serial_no = ?",
+                              (TOPUP_PLATFORM, biz)).fetchone()
+            if row is not None:
+                if (str(row[1]), int(row[2])) != (logical_no, amount):
+                    raise Conflict(f"orderId {order_id} was used for another top-up")
+                return Order(str(row[0]), TOPUP_PLATFORM, biz, 0, CardKind(row[7]), logical_no,
+                             str(row[6]), amount, OrderState(row[3]), int(row[4]),
+                             int(row[5])), False
+            balance = cur.execute("SELECT COALESCE(SUM(amount), 0) FROM postings WHERE"
+                                  " account = ?", (account_merchant(customer_id),)).fetchone()
+            available = -int(balance[0]) if balance else 0
+            if available < amount:
+                raise InsufficientBalance(f"balance {available} fen does not cover {amount}")
+            cur.execute("INSERT INTO payments (platform_no, biz_serial_no, money, user_id,"
+                        " pki_no, fingerprint, created_ms) VALUES (?, ?, ?, ?, 0, '', ?)",
+                        (TOPUP_PLATFORM, biz, amount, customer_id, now_ms))
+            post(cur, "payment", f"{TOPUP_PLATFORM}:{biz}", now_ms,
+                 [(account_merchant(customer_id), amount), (ACCOUNT_AWAITING_LOAD, -amount)])
+            seq = cur.execute("INSERT INTO order_numbers (created_ms) VALUES (?) RETURNING seq",
+                              (now_ms,)).fetchone()
+            assert seq is not None
+            day = datetime.fromtimestamp(now_ms / 1000, CHINA).strftime("%Y%m%d")
+            order_no = f"{day}{int(seq[0]):012d}"
+            # not bound to a physical card yet: the first load binds it
+            cur.execute("INSERT INTO orders (order_no, platform_no, biz_serial_no, pki_no,"
+                        " card_kind, logical_no, physical_no, amount, state, created_ms,"
+                        " updated_ms) VALUES (?, ?, ?, 0, 'cpu', ?, '', ?, 'created', ?, ?)",
+                        (order_no, TOPUP_PLATFORM, biz, logical_no, amount, now_ms, now_ms))
+            return Order(order_no, TOPUP_PLATFORM, biz, 0, CardKind.CPU, logical_no, "",
+                         amount, OrderState.CREATED, now_ms, now_ms), True
+
+        return self.db.runInteraction("top-up", txn)
+
+    def topup_order(self, customer_id: str, order_id: str) -> Deferred[Order | None]:
+        def txn(cur: Cursor) -> Order | None:
+            row = cur.execute("SELECT order_no, logical_no, amount, state, created_ms,"
+                              " updated_ms, physical_no, card_kind FROM orders WHERE"
+                              " platform_no = ? AND biz_serial_no = ?",
+                              (TOPUP_PLATFORM, f"{customer_id}:{order_id}")).fetchone()
+            if row is None:
+                return None
+            return Order(str(row[0]), TOPUP_PLATFORM, f"{customer_id}:{order_id}", 0,
+                         CardKind(row[7]), str(row[1]), str(row[6]), int(row[2]),
+                         OrderState(row[3]), int(row[4]), int(row[5]))
+
+        return self.db.runInteraction("top-up order", txn)
+
+    # -- the outbox -------------------------------------------------------------------------
+
+    def due(self, now_ms: int, limit: int, lease_ms: int) -> Deferred[list[Notification]]:
+        """Claim up to C{limit} due notifications for C{lease_ms} (one daemon at a time)."""
+
+        def txn(cur: Cursor) -> list[Notification]:
+            rows = cur.execute("SELECT id, reference, url, body, attempts FROM notifications"
+                               " WHERE state = 'pending' AND next_ms <= ? ORDER BY next_ms"
+                               " LIMIT ?", (now_ms, limit)).fetchall()
+            out = []
+            for r in rows:
+                cur.execute("UPDATE notifications SET next_ms = ? WHERE id = ?",
+                            (now_ms + lease_ms, r[0]))
+                out.append(Notification(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4])))
+            return out
+
+        return self.db.runInteraction("due notifications", txn)
+
+    def attempted(self, notification_id: int, outcome: str, delivered: bool,
+                  retry_intervals: list[float], now_ms: int) -> Deferred[None]:
+        def txn(cur: Cursor) -> None:
+            cur.execute("INSERT INTO notify_attempts (notification_id, at_ms, outcome) VALUES"
+                        " (?, ?, ?)", (notification_id, now_ms, outcome[:200]))
+            row = cur.execute("SELECT attempts FROM notifications WHERE id = ?",
+                              (notification_id,)).fetchone()
+            attempts = (int(row[0]) if row else 0) + 1
+            if delivered:
+                state, next_ms = "delivered", now_ms
+            elif attempts > len(retry_intervals):
+                state, next_ms = "failed", now_ms
+            else:
+                state, next_ms = "pending", now_ms + int(retry_intervals[attempts - 1] * 1000)
+            cur.execute("UPDATE notifications SET attempts = ?, state = ?, next_ms = ? WHERE"
+                        " id = ?", (attempts, state, next_ms, notification_id))
+
+        return self.db.runInteraction("notification attempt", txn)
+
+    def notifications(self, reference: str) -> Deferred[list[tuple[str, int, list[str]]]]:
+        """(state, attempts, outcomes) of a reference's notifications, for ops and tests."""
+
+        def txn(cur: Cursor) -> list[tuple[str, int, list[str]]]:
+            out = []
+            for nid, state, attempts in cur.execute(
+                    "SELECT id, state, attempts FROM notifications WHERE reference = ?",
+                    (reference,)).fetchall():
+                outcomes = [str(o) for (o,) in cur.execute(
+                    "SELECT outcome FROM notify_attempts WHERE notification_id = ? ORDER BY"
+                    " at_ms", (nid,)).fetchall()]
+                out.append((str(state), int(attempts), outcomes))
+            return out
+
+        return self.db.runInteraction("notifications", txn)

@@ -1,0 +1,328 @@
+"""
+The consignment API (card-consignment-api.txt, SPEC-NOTES section 4): merchants consign prepaid
+cards, query them, read their balance, and spend it on Lingnan Tong top-ups.
+
+Form posts in (C{application/x-www-form-urlencoded}), JSON out: C{{"code": 1, "msg": ..., "data":
+...}} when done, C{{"code": -1, "msg": "<what is wrong>"}} when refused. Each endpoint answers
+at both C{/v2_x} and C{/v2_x.html} (the demo posts to both). C{/v2_tocard} answers as soon as the
+order is durable; the card is verified and redeemed in the background (L{Processor}) and the
+merchant is notified through the outbox (L{lnt.web.notifier}).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from lnt.consign import ConsignError, decrypt_field, make_sign, verify_sign
+from lnt.interfaces import IConsignments, IIssuer, ILedger
+from lnt.logs import mask_card
+from lnt.records import (
+    BatchFull,
+    Conflict,
+    ConsignmentState,
+    InsufficientBalance,
+    Merchant,
+    OrderState,
+)
+from lnt.web.json import finish_json, write_json
+
+log = Logger()
+
+ORDER_ID = re.compile(r"^[A-Za-z0-9_\-]{1,50}$")
+LOGICAL_NO = re.compile(r"^\d{16}$")
+TOPUP_PRODUCT = "LNT"
+STATUS = {ConsignmentState.PROCESSING: "1", ConsignmentState.SUCCESS: "2",
+          ConsignmentState.FAILED: "3"}
+
+
+class Refused(Exception):
+    """Answered C{code: -1} with this message."""
+
+
+def http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+class Processor:
+    """Verifies and redeems consigned cards; each order at most once, also after a crash."""
+
+    def __init__(self, store: IConsignments, issuer: IIssuer, clock: IReactorTime,
+                 wake: Callable[[], None], timeout: float) -> None:
+        self.store = store
+        self.issuer = issuer
+        self.clock = clock
+        self.wake = wake
+        self.timeout = timeout
+        self._running: dict[str, Deferred[None]] = {}
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def process(self, system_order_id: str) -> Deferred[None]:
+        running = self._running.get(system_order_id)
+        if running is not None:
+            return running
+        d = Deferred.fromCoroutine(self._process(system_order_id))
+        self._running[system_order_id] = d
+
+        def done(result: object) -> None:
+            self._running.pop(system_order_id, None)
+            if isinstance(result, Failure):
+                log.failure("consignment {order}: processing failed; retried at the next sweep",
+                            result, order=system_order_id)
+
+        d.addBoth(done)
+        return d
+
+    async def _process(self, system_order_id: str) -> None:
+        found = await self.store.card_of(system_order_id).addTimeout(self.timeout, self.clock)
+        if found is None:
+            return  # already finished
+        order, number, password = found
+        redemption = await self.issuer.redeem(number, password, order.product_code,
+                                              order.amount, system_order_id, self.now_ms()
+                                              ).addTimeout(self.timeout, self.clock)
+        face = redemption.face_value if redemption.ok else None
+        message = "success" if redemption.ok else redemption.reason
+        done = await self.store.complete(system_order_id, face, message, self.now_ms()
+                                         ).addTimeout(self.timeout, self.clock)
+        log.info("consignment {order} of merchant {merchant} ({card}): {state}, {message}",
+                 order=system_order_id, merchant=done.customer_id, card=order.card_masked,
+                 state=done.state.value, message=message)
+        self.wake()
+
+    def sweep(self) -> Deferred[None]:
+        """Process every order still processing (at start: what a crash interrupted)."""
+
+        async def run() -> None:
+            for system_order_id in await self.store.processing():
+                await self.process(system_order_id)
+
+        return Deferred.fromCoroutine(run())
+
+
+class ConsignmentAPI:
+    def __init__(self, store: IConsignments, ledger: ILedger, processor: Processor,
+                 clock: IReactorTime, timeout: float, window: float) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.processor = processor
+        self.clock = clock
+        self.timeout = timeout
+        self.window = window
+
+    async def _b(self, d: Deferred[Any]) -> Any:
+        d.addTimeout(self.timeout, self.clock)
+        try:
+            return await d
+        except defer.TimeoutError:
+            raise Refused("system busy: try again") from None
+
+    async def merchant_of(self, params: dict[str, str], required: tuple[str, ...]) -> Merchant:
+        for name in ("customerId", "timestamp", "sign", *required):
+            if not params.get(name):
+                raise Refused(f"{name} is missing")
+        merchant: Merchant | None = await self._b(self.store.merchant(params["customerId"]))
+        if merchant is None or not merchant.active:
+            raise Refused(f"unknown merchant {params['customerId']}")
+        try:
+            timestamp = int(params["timestamp"])
+        except ValueError:
+            raise Refused("timestamp must be a Unix timestamp") from None
+        if abs(timestamp - self.clock.seconds()) > self.window:
+            raise Refused(f"timestamp is off by more than {self.window:.0f} s")
+        if not verify_sign(params, merchant.md5_key):
+            raise Refused("sign does not match")
+        return merchant
+
+    @staticmethod
+    def amount_of(params: dict[str, str], name: str = "amount") -> int:
+        try:
+            amount = int(params[name])
+        except (KeyError, ValueError):
+            raise Refused(f"{name} must be a whole number of fen") from None
+        if amount <= 0:
+            raise Refused(f"{name} must be positive")
+        return amount
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def tocard(self, params: dict[str, str]) -> dict[str, Any]:
+        merchant = await self.merchant_of(params, ("orderId", "batchno", "productCode",
+                                                   "cardNumber", "cardPassword", "amount"))
+        order_id, batchno = params["orderId"], params["batchno"]
+        if not ORDER_ID.match(order_id):
+            raise Refused("orderId must be 1-50 letters, digits, '_' or '-'")
+        if len(batchno) > 50:
+            raise Refused("batchno is longer than 50")
+        product = params["productCode"]
+        if product not in merchant.rates:
+            raise Refused(f"productCode {product} is not open to this merchant")
+        amount = self.amount_of(params)
+        notify_url = params.get("notify_url", "")
+        if notify_url and not http_url(notify_url):
+            raise Refused("notify_url must be an http:// or https:// URL")
+        custom = params.get("custom", "")
+        if len(custom) > 255:
+            raise Refused("custom is longer than 255")
+        try:
+            number = decrypt_field(params["cardNumber"], merchant.aes_key, "cardNumber")
+            password = decrypt_field(params["cardPassword"], merchant.aes_key, "cardPassword")
+        except ConsignError as e:
+            raise Refused(str(e)) from None
+        if not re.fullmatch(r"[0-9A-Za-z]{6,32}", number) or not password or len(password) > 64:
+            raise Refused("cardNumber or cardPassword is not a card's")
+        try:
+            order, created = await self._b(self.store.submit(
+                merchant.customer_id, order_id, batchno, product, amount, notify_url, custom,
+                number, password, mask_card(number), int(self.clock.seconds() * 1000)))
+        except BatchFull as e:
+            raise Refused(str(e)) from None
+        if created:
+            self.clock.callLater(0, self.processor.process, order.system_order_id)
+        log.info("consignment API: merchant {merchant} order {order_id} ({card}) {what}",
+                 merchant=merchant.customer_id, order_id=order_id, card=order.card_masked,
+                 what="accepted" if created else "repeated: the first stands")
+        return {"msg": "accepted" if created else "order exists: the first submission stands",
+                "data": {"systemOrderId": order.system_order_id, "orderId": order.order_id}}
+
+    async def blind_search(self, params: dict[str, str]) -> dict[str, Any]:
+        merchant = await self.merchant_of(params, ("orderId",))
+        order = await self._b(self.store.consignment(merchant.customer_id, params["orderId"]))
+        if order is None:
+            data: dict[str, Any] = {"customerId": merchant.customer_id, "systemOrderId": "",
+                                    "orderId": params["orderId"], "status": "4",
+                                    "message": "no such order"}
+        else:
+            data = {"customerId": order.customer_id, "systemOrderId": order.system_order_id,
+                    "orderId": order.order_id, "status": STATUS[order.state],
+                    "message": order.message, "amount": str(order.amount),
+                    "successAmount": order.success_amount, "actualAmount": order.actual_amount,
+                    "successTime": None if order.success_ms is None else order.success_ms // 1000,
+                    "custom": order.custom}
+        return {"msg": "ok", "data": data}
+
+    async def query_balance(self, params: dict[str, str]) -> dict[str, Any]:
+        merchant = await self.merchant_of(params, ())
+        balance = await self._b(self.store.balance(merchant.customer_id))
+        return {"msg": "ok", "data": {"customerId": merchant.customer_id, "balance": balance}}
+
+    async def query_buy(self, params: dict[str, str]) -> dict[str, Any]:
+        merchant = await self.merchant_of(params, ("orderId", "amount", "account"))
+        order_id = params["orderId"]
+        if not ORDER_ID.match(order_id):
+            raise Refused("orderId must be 1-50 letters, digits, '_' or '-'")
+        amount = self.amount_of(params)
+        if params.get("decimal") and params["decimal"] != params["amount"]:
+            raise Refused(f"decimal {params['decimal']} does not match amount {amount}")
+        product = params.get("productCode") or TOPUP_PRODUCT
+        if product != TOPUP_PRODUCT:
+            raise Refused(f"productCode {product} is not a top-up product ({TOPUP_PRODUCT})")
+        account = params["account"]
+        if not LOGICAL_NO.match(account):
+            raise Refused("account must be the card's 16-digit logical number")
+        if params.get("quantity", "1") != "1":
+            raise Refused("quantity must be 1")
+        if amount > 100_000:
+            raise Refused("amount must be at most 100000 fen")
+        try:
+            order, created = await self._b(self.store.topup(
+                merchant.customer_id, order_id, amount, account, int(self.clock.seconds() * 1000)))
+        except (InsufficientBalance, Conflict) as e:
+            raise Refused(str(e)) from None
+        log.info("consignment API: merchant {merchant} top-up {order_id} -> order {order} {what}",
+                 merchant=merchant.customer_id, order_id=order_id, order=order.order_no,
+                 what="created" if created else "repeated")
+        return {"msg": "accepted" if created else "order exists: the first submission stands",
+                "data": {"systemOrderId": order.order_no, "orderId": order_id, "status": "1",
+                         "account": account, "amount": amount}}
+
+    async def query_biz_order(self, params: dict[str, str]) -> dict[str, Any]:
+        merchant = await self.merchant_of(params, ("orderId",))
+        order = await self._b(self.store.topup_order(merchant.customer_id, params["orderId"]))
+        if order is None:
+            return {"msg": "ok", "data": {"orderId": params["orderId"], "status": "4",
+                                          "message": "no such order"}}
+        load = await self._b(self.ledger.load(order.order_no))
+        status = {OrderState.CREATED: "1", OrderState.PENDING: "1", OrderState.LOADED: "2",
+                  OrderState.REVERSED: "3"}[order.state]
+        return {"msg": "ok", "data": {
+            "orderId": params["orderId"], "systemOrderId": order.order_no,
+            "account": order.logical_no, "amount": order.amount, "status": status,
+            "loaded": order.state is OrderState.LOADED,
+            "balanceAfter": None if load is None else load.new_balance,
+            "message": {"1": "waiting for the card to be loaded", "2": "loaded onto the card",
+                        "3": "the load was reversed"}[status]}}
+
+
+Handler = Callable[[dict[str, str]], Awaitable[dict[str, Any]]]
+
+
+class FormEndpoint(Resource):
+    isLeaf = True
+
+    def __init__(self, name: str, handler: Handler, md5_of: Callable[[str], Awaitable[str | None]]
+                 ) -> None:
+        super().__init__()
+        self.name = name
+        self.handler = handler
+        self.md5_of = md5_of
+
+    def render(self, request: Request) -> bytes | int:
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            return write_json(request, {"error": f"/{self.name} takes POST"}, 405)
+        params: dict[str, str] = {}
+        for key, values in (request.args or {}).items():
+            try:
+                name = key.decode("utf-8")
+                if len(values) != 1:
+                    return write_json(request, {"code": -1, "msg": f"{name} is given twice"})
+                params[name] = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                return write_json(request, {"code": -1, "msg": "parameters are not UTF-8"})
+        Deferred.fromCoroutine(self._answer(request, params))
+        return NOT_DONE_YET
+
+    async def _answer(self, request: Request, params: dict[str, str]) -> None:
+        try:
+            result = await self.handler(params)
+            body: dict[str, Any] = {"code": 1, **result}
+            key = await self.md5_of(params.get("customerId", ""))
+            if key and isinstance(body.get("data"), dict):
+                flat = {k: "" if v is None else str(v) for k, v in body["data"].items()}
+                body["sign"] = make_sign(flat, key)
+        except Refused as e:
+            log.info("consignment API /{name}: refused: {why}", name=self.name, why=str(e))
+            body = {"code": -1, "msg": str(e)}
+        except Exception:
+            log.failure("consignment API /{name}: internal error", Failure(), name=self.name)
+            body = {"code": -1, "msg": "internal error; the request may be repeated"}
+        finish_json(request, body)
+
+
+def install(root: Resource, api: ConsignmentAPI) -> None:
+    async def md5_of(customer_id: str) -> str | None:
+        if not customer_id:
+            return None
+        merchant = await api.store.merchant(customer_id)
+        return None if merchant is None else merchant.md5_key
+
+    for name, handler in (("v2_tocard", api.tocard), ("v2_blindSearch", api.blind_search),
+                          ("v2_queryBalance", api.query_balance), ("v2_queryBuy", api.query_buy),
+                          ("v2_queryBizOrder", api.query_biz_order)):
+        endpoint = FormEndpoint(name, handler, md5_of)
+        root.putChild(name.encode(), endpoint)
+        root.putChild(f"{name}.html".encode(), endpoint)

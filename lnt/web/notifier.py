@@ -1,0 +1,115 @@
+"""
+The notifier: delivers the outbox's notifications to merchants' C{notify_url}s.
+
+A notification is posted as a form; it is delivered only when the body answered is C{success}.
+Otherwise it is tried again after each interval of the schedule (default 10 s, then 20 s: "2
+more times, the interval growing by 10 s"); every attempt is recorded. The outbox is in the
+ledger, so pending notifications survive a restart and go out after it; deliveries run
+concurrently (at most C{concurrency} at once), each bounded by C{timeout}, so one merchant's slow
+endpoint cannot hold up another's. The API never waits for any of this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import treq
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from lnt.interfaces import IConsignments
+from lnt.records import Notification
+from lnt.web.consignapi import http_url
+
+log = Logger()
+
+MAX_BODY = 1024
+
+
+class Notifier(Service):
+    def __init__(self, store: IConsignments, clock: IReactorTime, timeout: float,
+                 retry_intervals: list[float], poll: float = 1.0, concurrency: int = 20,
+                 reactor: Any = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.timeout = timeout
+        self.retry_intervals = retry_intervals
+        self.poll = poll
+        self.reactor = reactor
+        self._limit = DeferredSemaphore(concurrency)
+        self._call: IDelayedCall | None = None
+        self._ticking = False
+        self._inflight: set[Deferred[None]] = set()
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule(0)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        # deliveries under way finish (each is bounded by the timeout)
+        return defer.DeferredList(list(self._inflight)).addCallback(lambda _: None)
+
+    def wake(self) -> None:
+        """Look at the outbox now (a notification was just written)."""
+        if self.running:
+            self._schedule(0)
+
+    def _schedule(self, delay: float) -> None:
+        if self._call is not None and self._call.active():
+            if self._call.getTime() <= self.clock.seconds() + delay:
+                return
+            self._call.cancel()
+        self._call = self.clock.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        if self._ticking:
+            return
+        self._ticking = True
+        d = Deferred.fromCoroutine(self._claim())
+
+        def done(result: object) -> None:
+            self._ticking = False
+            if isinstance(result, defer.failure.Failure):  # type: ignore[attr-defined]
+                log.failure("notifier: the outbox could not be read", result)
+            if self.running:
+                self._schedule(self.poll)
+
+        d.addBoth(done)
+
+    async def _claim(self) -> None:
+        due = await self.store.due(self.now_ms(), 100, int((self.timeout + 5) * 1000))
+        for notification in due:
+            d: Deferred[None] = self._limit.run(self._deliver, notification)
+            self._inflight.add(d)
+
+            def forget(result: object, d: Deferred[None] = d) -> None:
+                self._inflight.discard(d)
+
+            d.addBoth(forget)
+
+    async def _deliver(self, n: Notification) -> None:
+        outcome, delivered = "not an http(s) URL", False
+        if http_url(n.url):
+            try:
+                headers: dict[bytes | str, bytes | str] = {
+                    "content-type": "application/x-www-form-urlencoded"}
+                response = await treq.post(n.url, data=n.body.encode(), reactor=self.reactor,
+                                           headers=headers, timeout=self.timeout)
+                body = await treq.content(response)
+                text = body[:MAX_BODY].decode("utf-8", "replace").strip()
+                delivered = response.code == 200 and text == "success"
+                outcome = f"HTTP {response.code}: {text[:60]!r}"
+            except Exception as e:  # every failure of an attempt is recorded, none escapes
+                outcome = f"{type(e).__name__}: {str(e)[:120]}"
+        await self.store.attempted(n.id, outcome, delivered, self.retry_intervals, self.now_ms())
+        log.info("notifier: {reference} attempt {n}: {outcome}{done}", reference=n.reference,
+                 n=n.attempts + 1, outcome=outcome, done=" (delivered)" if delivered else "")
