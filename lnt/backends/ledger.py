@@ -18,7 +18,9 @@ from lnt.backends.database import Cursor, Transactor
 from lnt.backends.journal import (
     ACCOUNT_AWAITING_LOAD,
     ACCOUNT_CARD_FLOAT,
+    ACCOUNT_CONSIGNMENT_FEES,
     ACCOUNT_REVERSED,
+    ACCOUNT_VOUCHERS_OUTSTANDING,
     account_merchant,
     account_platform,
     post,
@@ -513,6 +515,19 @@ def _check(cur: Cursor) -> list[str]:
         if load is not None and load.state is LoadState.LOADED and (
                 load.new_balance != load.old_balance + load.amount or load.amount != amount):
             problems.append(f"order {order_no}: loaded balance does not add up")
+    for system_id, state, customer, face, actual in cur.execute(
+            "SELECT system_order_id, state, customer_id, success_amount, actual_amount FROM"
+            " consignments").fetchall():
+        posted = entries.get(("consignment", str(system_id)), [])
+        if state == "success":
+            want = [sorted([(ACCOUNT_VOUCHERS_OUTSTANDING, int(face)),
+                            (account_merchant(str(customer)), -int(actual)),
+                            (ACCOUNT_CONSIGNMENT_FEES, int(actual) - int(face))])]
+        else:
+            want = []
+        if posted != want:
+            problems.append(f"consignment {system_id} is {state} but has {len(posted)} entries"
+                            " not as they must be")
     return problems
 
 

@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from lnt.interfaces import IConsignments
 from lnt.records import Notification
@@ -78,7 +79,7 @@ class Notifier(Service):
 
         def done(result: object) -> None:
             self._ticking = False
-            if isinstance(result, defer.failure.Failure):  # type: ignore[attr-defined]
+            if isinstance(result, Failure):
                 log.failure("notifier: the outbox could not be read", result)
             if self.running:
                 self._schedule(self.poll)

@@ -1,0 +1,396 @@
+"""
+The consignment API: its sign and AES rules (SPEC-NOTES 4 vectors), the store's limits, and end
+to end against a real daemon with a merchant client written the way the PHP demo works, a
+loopback notification receiver, and the terminal simulator for top-ups.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lnt.backends.consignments import BATCH_LIMIT, SQLConsignments
+from lnt.backends.database import result_of
+from lnt.consign import (
+    ConsignError,
+    decrypt_field,
+    encrypt_field,
+    make_sign,
+    sign_string,
+    verify_sign,
+)
+from lnt.records import BatchFull
+from tests.fakes import SyncBackends
+from tests.support import Daemon
+
+PHP_RULE = frozenset({"sign", "Sign", "s"})  # the demo's paraFilter: custom is signed
+
+
+# -- the rules -------------------------------------------------------------------------------------
+
+def test_spec_vectors() -> None:
+    assert encrypt_field("1000123456789012", "0123456789abcdef") == (
+        "4751f8582ee2ef000def8c9fbf8bec3a377222e061a924c591cd9c27ea163ed4")
+    params = {"customerId": "10001", "timestamp": "1700000000", "orderId": "M20261123000001",
+              "batchno": "B1", "productCode": "JD100", "cardNumber": "x", "cardPassword": "y",
+              "amount": "100", "notify_url": "http://127.0.0.1:8081/notify", "custom": ""}
+    assert sign_string(params, "testapikey") == (
+        "amount=100&batchno=B1&cardNumber=x&cardPassword=y&customerId=10001&notify_url=http://"
+        "127.0.0.1:8081/notify&orderId=M20261123000001&productCode=JD100&timestamp=1700000000"
+        "&key=testapikey")
+    assert make_sign(params, "testapikey") == "c7979dea0dc0c05e524bcd4350e09ad5"
+
+
+def test_sign_accepts_both_rules_and_cases() -> None:
+    params = {"customerId": "1", "timestamp": "2", "custom": "c"}
+    for leave_out in (PHP_RULE, frozenset({"sign", "Sign", "custom", "message"})):
+        for case in (str.lower, str.upper):
+            assert verify_sign({**params, "sign": case(make_sign(params, "k", leave_out))}, "k")
+    assert not verify_sign({**params, "sign": make_sign(params, "other")}, "k")
+    assert not verify_sign(params, "k")
+
+
+def test_aes_errors() -> None:
+    assert decrypt_field(encrypt_field("abc", "0123456789abcdef"), "0123456789abcdef", "x") == "abc"
+    for bad in ("zz", "00" * 16, encrypt_field("abc", "fedcba9876543210")):
+        with pytest.raises(ConsignError, match="x does not decrypt with your AES key"):
+            decrypt_field(bad, "0123456789abcdef", "x")
+
+
+def test_batch_limit() -> None:
+    b = SyncBackends()
+    store = SQLConsignments(b.db, b.keys.sealer())
+    result_of(store.add_merchant("m", {"P": 10_000}, 0))
+    for i in range(BATCH_LIMIT):
+        result_of(store.submit("m", f"o{i}", "B", "P", 1, "", "", "1234567890", "p", "x", 0))
+    with pytest.raises(BatchFull):
+        result_of(store.submit("m", "one-more", "B", "P", 1, "", "", "1234567890", "p", "x", 0))
+    # a repeated orderId is answered, not refused, even in a full batch
+    again, created = result_of(store.submit("m", "o7", "B", "P", 1, "", "", "1", "p", "x", 0))
+    assert not created and again.order_id == "o7"
+
+
+def test_notification_schedule() -> None:
+    b = SyncBackends()
+    store = SQLConsignments(b.db, b.keys.sealer())
+    result_of(store.add_merchant("m", {"P": 9000}, 0))
+    c, _ = result_of(store.submit("m", "o", "B", "P", 100, "http://x/n", "", "1", "p", "x", 0))
+    result_of(store.complete(c.system_order_id, None, "unknown card number", 1000))
+    [n] = result_of(store.due(1000, 10, 5000))
+    assert result_of(store.due(1000, 10, 5000)) == []  # claimed
+    result_of(store.attempted(n.id, "HTTP 500", False, [10, 20], 2000))
+    assert result_of(store.due(11_999, 10, 5000)) == []
+    [n] = result_of(store.due(12_000, 10, 5000))
+    result_of(store.attempted(n.id, "timeout", False, [10, 20], 12_000))
+    [n] = result_of(store.due(32_000, 10, 5000))
+    result_of(store.attempted(n.id, "HTTP 200: 'fail'", False, [10, 20], 32_000))
+    assert result_of(store.notifications(c.system_order_id)) == [
+        ("failed", 3, ["HTTP 500", "timeout", "HTTP 200: 'fail'"])]
+    assert result_of(store.due(10**9, 10, 5000)) == []
+
+
+# -- end to end ----------------------------------------------------------------------------------
+
+class Receiver:
+    """A merchant's notify_url on loopback: answers from a script, records every post."""
+
+    def __init__(self, answers: list[str], port: int = 0) -> None:
+        self.answers = list(answers)
+        self.posts: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.posts.append(dict(urllib.parse.parse_qsl(body.decode(),
+                                                               keep_blank_values=True)))
+                answer = outer.answers.pop(0) if outer.answers else "success"
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(answer.encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Merchant:
+    """A merchant client as the PHP demo writes one: form posts, AES hex, custom signed."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        demo = json.loads((daemon.data_dir / "demo.json").read_text())
+        self.daemon = daemon
+        self.id = demo["merchant"]["customerId"]
+        self.aes = demo["merchant"]["aes_key"]
+        self.md5 = demo["merchant"]["md5_key"]
+        self.vouchers = demo["vouchers"]
+
+    def post(self, endpoint: str, fields: dict[str, str], rule: frozenset[str] = PHP_RULE,
+             sign: str | None = None) -> dict[str, Any]:
+        fields = {"customerId": self.id, "timestamp": str(int(time.time())), **fields}
+        fields["sign"] = sign if sign is not None else make_sign(fields, self.md5, rule)
+        data = urllib.parse.urlencode(fields).encode()
+        url = f"{self.daemon.http_url}/{endpoint}"
+        with urllib.request.urlopen(url, data=data, timeout=15) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+    def tocard(self, order_id: str, number: str, password: str, amount: int,
+               notify_url: str = "", product: str = "LNT100", **extra: str) -> dict[str, Any]:
+        return self.post("v2_tocard.html", {
+            "orderId": order_id, "batchno": "B1", "productCode": product,
+            "cardNumber": encrypt_field(number, self.aes),
+            "cardPassword": encrypt_field(password, self.aes), "amount": str(amount),
+            "notify_url": notify_url, "custom": "from-php", **extra})
+
+    def search(self, order_id: str) -> dict[str, Any]:
+        return self.post("v2_blindSearch", {"orderId": order_id})
+
+    def wait(self, order_id: str, timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data: dict[str, Any] = self.search(order_id)["data"]
+            if data["status"] != "1":
+                return data
+            time.sleep(0.05)
+        raise TimeoutError(order_id)
+
+    def balance(self) -> int:
+        return int(self.post("v2_queryBalance", {})["data"]["balance"])
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Merchant]:
+    d = Daemon(tmp_path_factory.mktemp("consign") / "data", ["--notify-retries", "0.5,1"]).start()
+    try:
+        yield Merchant(d)
+    finally:
+        d.stop()
+
+
+def admin(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).with_name("lnt-admin")), "--data-dir",
+                           str(data), *args], capture_output=True, text=True, timeout=60)
+
+
+def wait_for(predicate: Any, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+pytestmark_slow = pytest.mark.slow
+
+
+@pytestmark_slow
+def test_consign_with_notifications_that_fail_twice(shop: Merchant) -> None:
+    receiver = Receiver(["fail", "not now"])
+    try:
+        v = shop.vouchers[0]
+        before = shop.balance()
+        accepted = shop.tocard("N1", v["cardNumber"], v["cardPassword"], 10_000, receiver.url)
+        assert accepted["code"] == 1 and accepted["data"]["orderId"] == "N1"
+        assert accepted["sign"] == make_sign({k: str(x) for k, x in accepted["data"].items()},
+                                             shop.md5)
+        data = shop.wait("N1")
+        assert data["status"] == "2" and data["successAmount"] == 10_000
+        assert data["actualAmount"] == 9_500 and data["custom"] == "from-php"
+        assert shop.balance() == before + 9_500
+        wait_for(lambda: len(receiver.posts) == 3)
+        post = receiver.posts[-1]
+        assert post["status"] == "2" and post["orderId"] == "N1" and post["money"] == "10000"
+        assert post["sign"] == make_sign(post, shop.md5)  # documented rule: no custom, message
+        time.sleep(1.5)
+        assert len(receiver.posts) == 3  # delivered: no more attempts
+    finally:
+        receiver.close()
+    assert "attempt 3: HTTP 200: 'success' (delivered)" in shop.daemon.log()
+
+
+@pytestmark_slow
+@pytest.mark.parametrize(("card", "password", "amount", "message"), [
+    ("9999999999999999", "000000000000", 10_000, "unknown card number"),
+    (None, "111111111111", 10_000, "wrong card password"),
+    (None, None, 5_000, "face value is not 5000"),
+])
+def test_refused_cards_fail_the_order(shop: Merchant, card: str | None, password: str | None,
+                                      amount: int, message: str) -> None:
+    v = shop.vouchers[1]
+    order = f"F{time.time_ns()}"
+    assert shop.tocard(order, card or v["cardNumber"], password or v["cardPassword"],
+                       amount)["code"] == 1
+    data = shop.wait(order)
+    assert (data["status"], data["message"]) == ("3", message)
+
+
+@pytestmark_slow
+def test_already_redeemed_and_documented_sign(shop: Merchant) -> None:
+    v = shop.vouchers[2]
+    fields = {"orderId": "R1", "batchno": "B2", "productCode": "LNT100",
+              "cardNumber": encrypt_field(v["cardNumber"], shop.aes),
+              "cardPassword": encrypt_field(v["cardPassword"], shop.aes), "amount": "10000",
+              "custom": "not signed"}
+    assert shop.post("v2_tocard", fields, frozenset({"sign", "Sign", "custom"}))["code"] == 1
+    assert shop.wait("R1")["status"] == "2"
+    assert shop.tocard("R2", v["cardNumber"], v["cardPassword"], 10_000)["code"] == 1
+    assert shop.wait("R2")["message"] == "card already redeemed"
+
+
+@pytestmark_slow
+def test_duplicate_order_ids_under_concurrency(shop: Merchant, tmp_path: Path) -> None:
+    out = admin(shop.daemon.data_dir, "voucher", "issue", "--product", "LNT100", "--value",
+                "2000", "--count", "1")
+    number, password = out.stdout.strip().splitlines()[-1].split()
+    before = shop.balance()
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: shop.tocard("DUP", number, password, 2000),
+                                range(10)))
+    assert all(a["code"] == 1 for a in answers)
+    assert len({a["data"]["systemOrderId"] for a in answers}) == 1
+    assert shop.wait("DUP")["status"] == "2"
+    time.sleep(0.3)
+    assert shop.balance() == before + 1900  # one payout at 95 %
+
+
+@pytestmark_slow
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"orderId": ""}, "orderId is missing"),
+    ({"orderId": "x" * 51}, "orderId must be 1-50"),
+    ({"amount": "1.5"}, "amount must be a whole number of fen"),
+    ({"productCode": "JD100"}, "productCode JD100 is not open to this merchant"),
+    ({"notify_url": "ftp://127.0.0.1/x"}, "notify_url must be an http:// or https:// URL"),
+    ({"cardNumber": "zz"}, "cardNumber does not decrypt with your AES key"),
+    ({"timestamp": "1000"}, "timestamp is off by more than 300 s"),
+    ({"customerId": "nobody"}, "unknown merchant nobody"),
+])
+def test_tocard_refusals(shop: Merchant, fields: dict[str, str], message: str) -> None:
+    base = {"orderId": "E1", "batchno": "B", "productCode": "LNT100",
+            "cardNumber": encrypt_field("1234567890123456", shop.aes),
+            "cardPassword": encrypt_field("123456", shop.aes), "amount": "100"}
+    answer = shop.post("v2_tocard", {**base, **fields})
+    assert answer["code"] == -1 and answer["msg"].startswith(message), answer
+
+
+@pytestmark_slow
+def test_http_level_errors(shop: Merchant) -> None:
+    assert shop.post("v2_queryBalance", {}, sign="0" * 32) == {"code": -1,
+                                                               "msg": "sign does not match"}
+    req = urllib.request.Request(f"{shop.daemon.http_url}/v2_tocard", method="GET")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 405 and json.loads(e.value.read()) == {"error": "/v2_tocard takes POST"}
+    twice = urllib.request.urlopen(f"{shop.daemon.http_url}/v2_queryBalance",
+                                   data=b"customerId=1&customerId=2", timeout=10)
+    assert json.loads(twice.read()) == {"code": -1, "msg": "customerId is given twice"}
+
+
+@pytestmark_slow
+def test_top_up_loaded_by_a_terminal(shop: Merchant) -> None:
+    wait_for(lambda: shop.balance() >= 600)
+    before = shop.balance()
+    buy = {"orderId": "TOP1", "amount": "600", "decimal": "600", "productCode": "LNT",
+           "account": "5100000000000001", "quantity": "1", "notify_url": "", "custom": ""}
+    answer = shop.post("v2_queryBuy", buy)
+    assert answer["code"] == 1, answer
+    order_no = answer["data"]["systemOrderId"]
+    assert shop.post("v2_queryBuy", buy)["data"]["systemOrderId"] == order_no  # idempotent
+    assert shop.balance() == before - 600
+    status = shop.post("v2_queryBizOrder", {"orderId": "TOP1"})["data"]
+    assert (status["status"], status["loaded"]) == ("1", False)
+    terminal = subprocess.run([str(Path(sys.executable).with_name("lnt-terminal")),
+                               "--data-dir", str(shop.daemon.data_dir), "resume", "--order",
+                               order_no, "--amount", "600"], capture_output=True, text=True,
+                              timeout=60)
+    assert terminal.returncode == 0, terminal.stdout + terminal.stderr
+    status = shop.post("v2_queryBizOrder", {"orderId": "TOP1"})["data"]
+    assert (status["status"], status["loaded"]) == ("2", True)
+    refusals = [
+        ({**buy, "orderId": "TOP2", "decimal": "601"}, "decimal 601 does not match amount 600"),
+        ({**buy, "orderId": "TOP3", "amount": "99999999", "decimal": ""},
+         "amount must be at most 100000 fen"),
+        ({**buy, "orderId": "TOP4", "account": "51"}, "account must be the card's 16-digit"),
+        ({**buy, "orderId": "TOP5", "amount": "100000", "decimal": ""}, "does not cover"),
+        ({**buy, "amount": "700", "decimal": ""}, "orderId TOP1 was used for another top-up"),
+    ]
+    for fields, message in refusals:
+        answer = shop.post("v2_queryBuy", fields)
+        assert answer["code"] == -1 and message in answer["msg"], answer
+    assert shop.post("v2_queryBizOrder", {"orderId": "NOPE"})["data"]["status"] == "4"
+
+
+@pytestmark_slow
+def test_books_and_secrets(shop: Merchant) -> None:
+    out = admin(shop.daemon.data_dir, "check")
+    assert out.returncode == 0, out.stdout
+    db = (shop.daemon.data_dir / "ledger.db").read_bytes()
+    wal = shop.daemon.data_dir / "ledger.db-wal"
+    db += wal.read_bytes() if wal.exists() else b""
+    log = shop.daemon.log()
+    for v in shop.vouchers:
+        for secret in (v["cardNumber"], v["cardPassword"]):
+            assert secret.encode() not in db and secret not in log
+    assert shop.aes.encode() not in db and shop.md5.encode() not in db
+
+
+@pytestmark_slow
+def test_pending_notifications_survive_a_restart(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "data", ["--notify-retries", "2,2"]).start()
+    shop = Merchant(d)
+    receiver = Receiver([])
+    url = receiver.url
+    receiver.close()  # the merchant's endpoint is down
+    v = shop.vouchers[0]
+    assert shop.tocard("P1", v["cardNumber"], v["cardPassword"], 10_000, url)["code"] == 1
+    assert shop.wait("P1")["status"] == "2"
+    wait_for(lambda: "attempt 1: ConnectionRefusedError" in d.log())
+    d.stop()
+    # the endpoint comes back on its port while the daemon is down
+    back = Receiver([], port=int(urllib.parse.urlsplit(url).port or 0))
+    try:
+        d.start()
+        wait_for(lambda: len(back.posts) == 1)
+        assert back.posts[0]["orderId"] == "P1"
+        wait_for(lambda: "(delivered)" in d.log())
+    finally:
+        back.close()
+        d.stop()
+
+
+@pytestmark_slow
+def test_admin_merchants(tmp_path: Path) -> None:
+    data = tmp_path / "adm"
+    out = admin(data, "merchant", "add", "20002", "--rate", "LNT100=0.9", "--rate", "X=1")
+    assert out.returncode == 0 and "AES key: " in out.stdout and "MD5 key: " in out.stdout
+    assert admin(data, "merchant", "add", "20002").returncode == 1
+    assert admin(data, "merchant", "add", "20003", "--rate", "LNT100=1.5").returncode == 1
+    listing = admin(data, "merchant", "list").stdout
+    assert "20002" in listing and "LNT100=0.9000" in listing and "active" in listing
+    assert admin(data, "merchant", "disable", "20002").returncode == 0
+    assert "disabled" in admin(data, "merchant", "list").stdout
+    assert admin(data, "merchant", "disable", "nobody").returncode == 1
+    issued = admin(data, "voucher", "issue", "--product", "P", "--value", "500", "--count", "2")
+    assert issued.returncode == 0 and len(issued.stdout.strip().splitlines()) == 3
+    assert admin(data, "voucher", "issue", "--product", "P", "--value", "0").returncode == 1
