@@ -6,6 +6,8 @@ no thread and no reactor is involved), and an in-memory connection to the dispat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
@@ -16,7 +18,8 @@ from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.schema import migrate
 from lnt.flows.dispatch import DDServerFactory, DispatchProtocol
-from lnt.wire import FrameDecoder, Response
+from lnt.wire import FrameDecoder, Response, response_header
+from tests.support import request
 
 
 class SyncBackends:
@@ -36,6 +39,30 @@ class SyncBackends:
         cur = self.db.connection.cursor()
         cur.execute(sql, params)
         return [tuple(r) for r in cur.fetchall()]
+
+
+def drive(conn: Conn, first: bytes, execute: Callable[[bytes], bytes], user: bytes,
+          stop: Callable[[Response], bool] | None = None,
+          tamper: Callable[[int, bytes], bytes] | None = None) -> list[Response]:
+    """
+    The terminal's loop over an in-memory connection: send C{first}, then hand each
+    continue-response's info (0x40-prefixed) to C{execute} and send its answer as the next
+    stage, until the flow ends (or C{stop} says so). C{tamper(header, answer)} may change what
+    is sent.
+    """
+    responses = conn.send(first)
+    pki = 0xFFFFFFFF
+    while responses and not responses[-1].ends_flow:
+        r = responses[-1]
+        if stop is not None and stop(r):
+            return responses
+        pki = r.pki if r.pki != 0xFFFFFFFF else pki
+        header = response_header(r.header)
+        answer = execute(b"\x40" + r.info)
+        if tamper is not None:
+            answer = tamper(header, answer)
+        responses += conn.send(request(header, answer, user=user, pki=pki))
+    return responses
 
 
 class Conn:

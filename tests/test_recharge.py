@@ -27,7 +27,7 @@ from lnt.securemsg import SMKeys
 from lnt.sim.cards import CPUCard, M1Card
 from lnt.sim.reader import Reader
 from lnt.wire import InfoCode, Response, encode_bcd, response_header
-from tests.fakes import Conn, SyncBackends
+from tests.fakes import Conn, SyncBackends, drive
 from tests.support import USER, request
 
 PKI, PKI2 = 70000472, 70000473
@@ -89,20 +89,8 @@ class Harness:
             stop: Callable[[Response], bool] | None = None,
             tamper: Callable[[int, bytes], bytes] | None = None) -> list[Response]:
         execute = reader.execute if isinstance(reader, Reader) else reader
-        self.conn = conn = Conn(self.factory)
-        responses = conn.send(first)
-        pki = 0xFFFFFFFF
-        while responses and not responses[-1].ends_flow:
-            r = responses[-1]
-            if stop is not None and stop(r):
-                return responses
-            pki = r.pki if r.pki != 0xFFFFFFFF else pki
-            header = response_header(r.header)
-            answer = execute(b"\x40" + r.info)
-            if tamper is not None:
-                answer = tamper(header, answer)
-            responses += conn.send(request(header, answer, user=user, pki=pki))
-        return responses
+        self.conn = Conn(self.factory)
+        return drive(self.conn, first, execute, user, stop, tamper)
 
     def load(self, order_no: str) -> LoadState | None:
         load = result_of(self.ledger.load(order_no))

@@ -23,7 +23,7 @@ from lnt.records import PKICard, Session
 from lnt.signin import SW_OK, Login2Answer, login3_signed, transcript
 from lnt.sim.reader import Reader
 from lnt.wire import InfoCode, Request, Response, response_header
-from tests.fakes import Conn, SyncBackends
+from tests.fakes import Conn, SyncBackends, drive
 from tests.support import USER, Daemon, request
 
 PKI = 70000472
@@ -66,24 +66,12 @@ class Platform:
     def signin(self, reader: Reader, user: bytes = USER, tamper: Tamper | None = None,
                stop_after: int | None = None) -> list[Response]:
         """Run the terminal loop; C{tamper(header, answer)} may change what is sent."""
-        conn = Conn(self.factory)
-        out = conn.send(request(0xDD01, user=user))
-        responses = list(out)
-        pki = 0xFFFFFFFF
-        while responses and not responses[-1].ends_flow:
-            r = responses[-1]
-            if stop_after is not None and r.header == stop_after:
-                self.last_conn = conn
-                return responses
-            pki = r.pki if r.pki != 0xFFFFFFFF else pki
-            header = response_header(r.header)
-            answer = reader.execute(b"\x40" + r.info)
-            if tamper is not None:
-                answer = tamper(header, answer)
-            responses += conn.send(request(header, answer, user=user, pki=pki))
-        if responses and responses[-1].code == InfoCode.SUCCESS:
+        self.last_conn = conn = Conn(self.factory)
+        responses = drive(conn, request(0xDD01, user=user), reader.execute, user,
+                          stop=None if stop_after is None else lambda r: r.header == stop_after,
+                          tamper=tamper)
+        if responses[-1].ends_flow and responses[-1].code == InfoCode.SUCCESS:
             reader.confirm_session()
-        self.last_conn = conn
         return responses
 
     def session(self, pki: int = PKI) -> Session | None:

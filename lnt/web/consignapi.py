@@ -35,7 +35,7 @@ from lnt.records import (
     Merchant,
     OrderState,
 )
-from lnt.web.json import finish_json, write_json
+from lnt.web.json import finish_json, refuse_other_methods, write_json
 
 log = Logger()
 
@@ -281,9 +281,9 @@ class FormEndpoint(Resource):
         self.md5_of = md5_of
 
     def render(self, request: Request) -> bytes | int:
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            return write_json(request, {"error": f"/{self.name} takes POST"}, 405)
+        refusal = refuse_other_methods(request, self.name)
+        if refusal is not None:
+            return refusal
         params: dict[str, str] = {}
         for key, values in (request.args or {}).items():
             try:

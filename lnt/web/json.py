@@ -28,6 +28,14 @@ def finish_json(request: Request, body: Any, code: int = 200) -> None:
     request.finish()
 
 
+def refuse_other_methods(request: Request, name: str) -> bytes | None:
+    """The 405 answer for an API path called with another method than POST, else None."""
+    if request.method == b"POST":
+        return None
+    request.setHeader(b"allow", b"POST")
+    return write_json(request, {"error": f"/{name} takes POST"}, 405)
+
+
 class JSONError(Resource):
     """An HTTP-level error (not an API call): a status code and a JSON body that explains it."""
 

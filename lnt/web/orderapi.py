@@ -48,7 +48,7 @@ from lnt.records import (
     OrderState,
     Session,
 )
-from lnt.web.json import finish_json, write_json
+from lnt.web.json import finish_json, refuse_other_methods
 
 log = Logger()
 
@@ -424,9 +424,9 @@ class Endpoint(Resource):
         self.handler = handler
 
     def render(self, request: Request) -> bytes | int:
-        if request.method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            return write_json(request, {"error": f"/{self.name} takes POST"}, 405)
+        refusal = refuse_other_methods(request, self.name)
+        if refusal is not None:
+            return refusal
         body = request.content.read() if request.content is not None else b""
         Deferred.fromCoroutine(self._answer(request, body))
         return NOT_DONE_YET
