@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,16 @@ import lnt
 from lnt import systemd
 from lnt.backends.consignments import SQLConsignments
 from lnt.backends.core import CoreKeys, FileCoreModule
-from lnt.backends.database import DSN, Database
-from lnt.backends.keys import PlatformKeys
+from lnt.backends.database import DSN, Database, DatabaseConfigError
+from lnt.backends.keys import KeyFileError, PlatformKeys
 from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
-from lnt.backends.schema import migrate
+from lnt.backends.schema import SchemaTooNew, migrate
 from lnt.backends.vouchers import VoucherIssuer
 from lnt.config import SETTINGS, ConfigError, read_ini, resolve
 from lnt.demo import provision
 from lnt.flows.base import FlowContext, FlowSettings
-from lnt.flows.dispatch import DDServerFactory, FlowRegistry
+from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowRegistry
 from lnt.web import consignapi, orderapi
 from lnt.web.consignapi import ConsignmentAPI, Processor
 from lnt.web.health import Health
@@ -102,10 +103,10 @@ class ListenerService(Service):
         if not result:  # pragma: no cover - every stream endpoint we support binds at once
             raise RuntimeError(f"{self.name}: endpoint {self.description} did not bind at once")
         if isinstance(result[0], Failure):
-            raise RuntimeError(
-                f"cannot listen for {self.name} on {self.description}: "
-                f"{result[0].getErrorMessage()}"
-            )
+            message = (f"cannot listen for {self.name} on {self.description}: "
+                       f"{result[0].getErrorMessage()}")
+            log.critical("{message}", message=message)
+            raise SystemExit(f"lnt-recharge: cannot start: {message}")
         self.port = result[0]
         log.info("{name} listening on {address}", name=self.name, address=self.port.getHost())
         super().privilegedStartService()
@@ -188,6 +189,26 @@ class RechargeService(MultiService):
 
 
 def makeService(options: Options, reactor: Any = None) -> RechargeService:
+    """
+    The daemon's service. Whatever keeps it from starting (keys, database, schema, plugins)
+    ends twistd with one line saying why and a non-zero exit status, not a traceback.
+    """
+    try:
+        return _make_service(options, reactor)
+    except (OSError, KeyFileError, DatabaseConfigError, SchemaTooNew, FlowConflict,
+            sqlite3.Error) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log.critical("cannot start: {message}", message=message)
+        raise SystemExit(f"lnt-recharge: cannot start: {message}") from None
+    except Exception as e:
+        if type(e).__module__.startswith("psycopg2"):
+            message = str(e).strip().splitlines()[0]
+            log.critical("cannot start: ledger: {message}", message=message)
+            raise SystemExit(f"lnt-recharge: cannot start: ledger: {message}") from None
+        raise
+
+
+def _make_service(options: Options, reactor: Any = None) -> RechargeService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 

@@ -194,7 +194,8 @@ def test_port_in_use_fails_start(tmp_path: Path) -> None:
                               "--http", "tcp:0:interface=127.0.0.1"],
                              capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
-    assert f"cannot listen for flows on tcp:{port}" in out.stdout + out.stderr
+    assert f"cannot start: cannot listen for flows on tcp:{port}" in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
 
 
 def test_help_explains_options() -> None:
