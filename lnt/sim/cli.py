@@ -124,6 +124,7 @@ class Terminal:
         card = self.reader.presented
         print(f"order {answer['order']} for {card.kind} card {card.logical_no}: {amount} fen",
               file=self.out)
+        self.remember(str(answer["order"]), amount)
         return str(answer["order"])
 
     # -- recharge ---------------------------------------------------------------------------
@@ -195,7 +196,6 @@ class Terminal:
     async def recharge(self, reactor: Any, amount: int, biz: str,
                        interrupt: str | None = None) -> tuple[str, str, str, int, int]:
         order_no = await self.order(reactor, amount, biz)
-        self.remember(order_no, amount)
         return await self.load(reactor, order_no, amount, interrupt)
 
     async def deposit(self, reactor: Any, op: str) -> None:
