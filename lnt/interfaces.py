@@ -166,11 +166,12 @@ class IConsignments(Interface):
                  ) -> Deferred[Consignment]:
         """Finish an order: state, journal entry, outbox row, card data erased. Idempotent."""
 
-    def topup(customer_id: str, order_id: str, amount: int, logical_no: str, now_ms: int
-              ) -> Deferred[tuple[Order, bool]]:
+    def topup(customer_id: str, order_id: str, amount: int, logical_no: str, now_ms: int,
+              notify_url: str, custom: str) -> Deferred[tuple[Order, bool]]:
         """
-        Spend merchant balance on a recharge order for a card; (order, created). Errbacks with
-        L{lnt.records.InsufficientBalance} or L{lnt.records.Conflict}.
+        Spend merchant balance on a recharge order for a card; (order, created). When the card
+        is loaded (or the load reversed) the merchant is notified at C{notify_url}. Errbacks
+        with L{lnt.records.InsufficientBalance} or L{lnt.records.Conflict}.
         """
 
     def topup_order(customer_id: str, order_id: str) -> Deferred[Order | None]:
@@ -178,6 +179,9 @@ class IConsignments(Interface):
 
     def due(now_ms: int, limit: int, lease_ms: int) -> Deferred[list[Notification]]:
         """Claim notifications due now for C{lease_ms}."""
+
+    def postpone(notification_id: int, next_ms: int) -> Deferred[None]:
+        """Release a claimed notification until C{next_ms}, counting no attempt."""
 
     def attempted(notification_id: int, outcome: str, delivered: bool,
                   retry_intervals: list[float], now_ms: int) -> Deferred[None]:

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet.task import deferLater
 
 from lnt.backends.consignments import BATCH_LIMIT, SQLConsignments
 from lnt.backends.database import result_of
@@ -33,6 +35,7 @@ from lnt.consign import (
     verify_sign,
 )
 from lnt.records import BatchFull
+from lnt.web.notifier import Notifier
 from tests.fakes import SyncBackends
 from tests.support import Daemon
 
@@ -311,8 +314,10 @@ def test_http_level_errors(shop: Merchant) -> None:
 def test_top_up_loaded_by_a_terminal(shop: Merchant) -> None:
     wait_for(lambda: shop.balance() >= 600)
     before = shop.balance()
+    receiver = Receiver([])
     buy = {"orderId": "TOP1", "amount": "600", "decimal": "600", "productCode": "LNT",
-           "account": "5100000000000001", "quantity": "1", "notify_url": "", "custom": ""}
+           "account": "5100000000000001", "quantity": "1", "notify_url": receiver.url,
+           "custom": "top-up"}
     answer = shop.post("v2_queryBuy", buy)
     assert answer["code"] == 1, answer
     order_no = answer["data"]["systemOrderId"]
@@ -327,6 +332,11 @@ def test_top_up_loaded_by_a_terminal(shop: Merchant) -> None:
     assert terminal.returncode == 0, terminal.stdout + terminal.stderr
     status = shop.post("v2_queryBizOrder", {"orderId": "TOP1"})["data"]
     assert (status["status"], status["loaded"]) == ("2", True)
+    wait_for(lambda: len(receiver.posts) == 1)
+    receiver.close()
+    note = receiver.posts[0]
+    assert (note["orderId"], note["systemOrderId"], note["status"]) == ("TOP1", order_no, "2")
+    assert note["custom"] == "top-up" and note["sign"] == make_sign(note, shop.md5)
     refusals = [
         ({**buy, "orderId": "TOP2", "decimal": "601"}, "decimal 601 does not match amount 600"),
         ({**buy, "orderId": "TOP3", "amount": "99999999", "decimal": ""},
@@ -334,6 +344,8 @@ def test_top_up_loaded_by_a_terminal(shop: Merchant) -> None:
         ({**buy, "orderId": "TOP4", "account": "51"}, "account must be the card's 16-digit"),
         ({**buy, "orderId": "TOP5", "amount": "100000", "decimal": ""}, "does not cover"),
         ({**buy, "amount": "700", "decimal": ""}, "orderId TOP1 was used for another top-up"),
+        ({**buy, "orderId": "TOP6", "notify_url": "file:///etc/passwd"},
+         "notify_url must be an http:// or https:// URL"),
     ]
     for fields, message in refusals:
         answer = shop.post("v2_queryBuy", fields)
@@ -394,3 +406,45 @@ def test_admin_merchants(tmp_path: Path) -> None:
     issued = admin(data, "voucher", "issue", "--product", "P", "--value", "500", "--count", "2")
     assert issued.returncode == 0 and len(issued.stdout.strip().splitlines()) == 3
     assert admin(data, "voucher", "issue", "--product", "P", "--value", "0").returncode == 1
+
+
+class SlowReceiver(Receiver):
+    def __init__(self, delay: float) -> None:
+        super().__init__([])
+        handler = self.server.RequestHandlerClass
+        original = handler.do_POST  # type: ignore[attr-defined]
+
+        def slow(h: Any) -> None:
+            time.sleep(delay)
+            original(h)
+
+        handler.do_POST = slow  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_endpoint_does_not_stall_others() -> None:
+    from twisted.internet import reactor
+
+    b = SyncBackends()
+    store = SQLConsignments(b.db, b.keys.sealer())
+    result_of(store.add_merchant("m", {"P": 9000}, 0))
+    slow, fast = SlowReceiver(1.5), Receiver([])
+    try:
+        for i in range(4):
+            c, _ = result_of(store.submit("m", f"s{i}", "B", "P", 1, slow.url, "", "1", "p",
+                                          "x", 0))
+            result_of(store.complete(c.system_order_id, None, "no", 0))
+        c, _ = result_of(store.submit("m", "f", "B", "P", 1, fast.url, "", "1", "p", "x", 0))
+        result_of(store.complete(c.system_order_id, None, "no", 0))
+        # two delivery slots in all: without the per-host cap the slow endpoint would take both
+        notifier = Notifier(store, reactor, 5, [1], poll=0.1, concurrency=2, per_host=1,
+                            reactor=reactor)
+        notifier.startService()
+        started = time.monotonic()
+        while not fast.posts:
+            assert time.monotonic() - started < 1.0, "the fast endpoint waited for the slow one"
+            await deferLater(reactor, 0.05)
+        await notifier.stopService()
+    finally:
+        slow.close()
+        fast.close()

@@ -75,6 +75,33 @@ def notification_fields(c: Consignment) -> dict[str, str]:
     }
 
 
+def notify_topup(cur: Cursor, sealer: Sealer, order_no: str, loaded: bool, amount: int,
+                 now_ms: int) -> None:
+    """
+    In the transaction that settles or reverses a load: if the order is a merchant's top-up
+    with a notify_url, put its notification in the outbox.
+    """
+    row = cur.execute("SELECT t.customer_id, t.order_id, t.notify_url, t.custom, m.md5_key FROM"
+                      " topups t JOIN merchants m ON m.customer_id = t.customer_id WHERE"
+                      " t.order_no = ?", (order_no,)).fetchone()
+    if row is None or not row[2]:
+        return
+    customer, order_id, url, custom, sealed = row
+    md5 = sealer.open(bytes(sealed), b"merchant:" + str(customer).encode() + b":md5").decode()
+    fields = {
+        "customerId": str(customer), "systemOrderId": order_no, "orderId": str(order_id),
+        "status": "2" if loaded else "3",
+        "message": "loaded onto the card" if loaded else "the load was reversed",
+        "money": str(amount), "successAmount": str(amount) if loaded else "",
+        "actualAmount": str(amount) if loaded else "",
+        "successTime": str(now_ms // 1000) if loaded else "", "custom": str(custom),
+    }
+    fields["sign"] = make_sign(fields, md5)
+    cur.execute("INSERT INTO notifications (reference, url, body, state, attempts, next_ms,"
+                " created_ms) VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+                (order_no, str(url), urlencode(fields), now_ms, now_ms))
+
+
 @implementer(IConsignments)
 class SQLConsignments:
     def __init__(self, db: Transactor, sealer: Sealer) -> None:
@@ -268,7 +295,8 @@ class SQLConsignments:
     # -- top-ups (/v2_queryBuy) -------------------------------------------------------------
 
     def topup(self, customer_id: str, order_id: str, amount: int, logical_no: str,
-              now_ms: int) -> Deferred[tuple[Order, bool]]:
+              now_ms: int, notify_url: str = "", custom: str = ""
+              ) -> Deferred[tuple[Order, bool]]:
         biz = f"{customer_id}:{order_id}"
 
         def txn(cur: Cursor) -> tuple[Order, bool]:
@@ -302,6 +330,9 @@ class SQLConsignments:
                         " card_kind, logical_no, physical_no, amount, state, created_ms,"
                         " updated_ms) VALUES (?, ?, ?, 0, 'cpu', ?, '', ?, 'created', ?, ?)",
                         (order_no, TOPUP_PLATFORM, biz, logical_no, amount, now_ms, now_ms))
+            cur.execute("INSERT INTO topups (order_no, customer_id, order_id, notify_url, custom)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (order_no, customer_id, order_id, notify_url, custom))
             return Order(order_no, TOPUP_PLATFORM, biz, 0, CardKind.CPU, logical_no, "",
                          amount, OrderState.CREATED, now_ms, now_ms), True
 
@@ -338,6 +369,15 @@ class SQLConsignments:
             return out
 
         return self.db.runInteraction("due notifications", txn)
+
+    def postpone(self, notification_id: int, next_ms: int) -> Deferred[None]:
+        """Put a claimed notification back for later without counting an attempt."""
+
+        def txn(cur: Cursor) -> None:
+            cur.execute("UPDATE notifications SET next_ms = ? WHERE id = ? AND state = 'pending'",
+                        (next_ms, notification_id))
+
+        return self.db.runInteraction("postpone notification", txn)
 
     def attempted(self, notification_id: int, outcome: str, delivered: bool,
                   retry_intervals: list[float], now_ms: int) -> Deferred[None]:

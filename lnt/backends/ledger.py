@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from lnt.backends.consignments import notify_topup
 from lnt.backends.database import Cursor, Transactor
 from lnt.backends.journal import (
     ACCOUNT_AWAITING_LOAD,
@@ -369,6 +370,8 @@ class SQLLedger:
             other = ACCOUNT_CARD_FLOAT if state is LoadState.LOADED else ACCOUNT_REVERSED
             post(cur, "load" if state is LoadState.LOADED else "reversal", order_no, now_ms,
                  [(ACCOUNT_AWAITING_LOAD, current.amount), (other, -current.amount)])
+            notify_topup(cur, self._sealer, order_no, state is LoadState.LOADED,
+                         current.amount, now_ms)
             return Load(**{**current.__dict__, "state": state, "tac": tac,
                            "new_balance": new_balance, "updated_ms": now_ms})
 

@@ -222,6 +222,19 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         INSERT INTO platforms (platform_no, name, active) VALUES (0, 'consignment merchants', 1);
         """,
     ),
+    (
+        5,
+        """
+        CREATE TABLE topups (
+            order_no TEXT PRIMARY KEY REFERENCES orders (order_no),
+            customer_id TEXT NOT NULL REFERENCES merchants (customer_id),
+            order_id TEXT NOT NULL,
+            notify_url TEXT NOT NULL,
+            custom TEXT NOT NULL,
+            UNIQUE (customer_id, order_id)
+        );
+        """,
+    ),
 )
 
 #: The version this code writes.

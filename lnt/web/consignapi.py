@@ -237,9 +237,16 @@ class ConsignmentAPI:
             raise Refused("quantity must be 1")
         if amount > 100_000:
             raise Refused("amount must be at most 100000 fen")
+        notify_url = params.get("notify_url", "")
+        if notify_url and not http_url(notify_url):
+            raise Refused("notify_url must be an http:// or https:// URL")
+        custom = params.get("custom", "")
+        if len(custom) > 255:
+            raise Refused("custom is longer than 255")
         try:
             order, created = await self._b(self.store.topup(
-                merchant.customer_id, order_id, amount, account, int(self.clock.seconds() * 1000)))
+                merchant.customer_id, order_id, amount, account, int(self.clock.seconds() * 1000),
+                notify_url, custom))
         except (InsufficientBalance, Conflict) as e:
             raise Refused(str(e)) from None
         log.info("consignment API: merchant {merchant} top-up {order_id} -> order {order} {what}",

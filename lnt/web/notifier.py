@@ -2,6 +2,9 @@
 The notifier: delivers the outbox's notifications to merchants' C{notify_url}s.
 
 A notification is posted as a form; it is delivered only when the body answered is C{success}.
+At most C{per_host} deliveries run against one host at once: a notification whose host is busy
+is postponed a moment (no attempt is counted), so one merchant's slow endpoint holds up only
+its own notifications.
 Otherwise it is tried again after each interval of the schedule (default 10 s, then 20 s: "2
 more times, the interval growing by 10 s"); every attempt is recorded. The outbox is in the
 ledger, so pending notifications survive a restart and go out after it; deliveries run
@@ -12,6 +15,7 @@ endpoint cannot hold up another's. The API never waits for any of this.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import treq
 from twisted.application.service import Service
@@ -33,7 +37,7 @@ MAX_BODY = 1024
 class Notifier(Service):
     def __init__(self, store: IConsignments, clock: IReactorTime, timeout: float,
                  retry_intervals: list[float], poll: float = 1.0, concurrency: int = 20,
-                 reactor: Any = None) -> None:
+                 per_host: int = 2, reactor: Any = None) -> None:
         self.store = store
         self.clock = clock
         self.timeout = timeout
@@ -41,6 +45,8 @@ class Notifier(Service):
         self.poll = poll
         self.reactor = reactor
         self._limit = DeferredSemaphore(concurrency)
+        self.per_host = per_host
+        self._busy: dict[str, int] = {}
         self._call: IDelayedCall | None = None
         self._ticking = False
         self._inflight: set[Deferred[None]] = set()
@@ -89,11 +95,17 @@ class Notifier(Service):
     async def _claim(self) -> None:
         due = await self.store.due(self.now_ms(), 100, int((self.timeout + 5) * 1000))
         for notification in due:
+            host = urlsplit(notification.url).netloc
+            if self._busy.get(host, 0) >= self.per_host:
+                await self.store.postpone(notification.id, self.now_ms() + int(self.poll * 1000))
+                continue
+            self._busy[host] = self._busy.get(host, 0) + 1
             d: Deferred[None] = self._limit.run(self._deliver, notification)
             self._inflight.add(d)
 
-            def forget(result: object, d: Deferred[None] = d) -> None:
+            def forget(result: object, d: Deferred[None] = d, host: str = host) -> None:
                 self._inflight.discard(d)
+                self._busy[host] -= 1
 
             d.addBoth(forget)
 
