@@ -312,6 +312,11 @@ def test_http_level_errors(shop: Merchant) -> None:
 
 @pytestmark_slow
 def test_top_up_loaded_by_a_terminal(shop: Merchant) -> None:
+    # earn the balance first: consign a voucher of 1000 fen (paid 950)
+    out = admin(shop.daemon.data_dir, "voucher", "issue", "--product", "LNT100", "--value",
+                "1000", "--count", "1")
+    number, password = out.stdout.strip().splitlines()[-1].split()
+    assert shop.tocard(f"EARN{time.time_ns()}", number, password, 1000)["code"] == 1
     wait_for(lambda: shop.balance() >= 600)
     before = shop.balance()
     receiver = Receiver([])
