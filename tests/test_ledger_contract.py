@@ -290,6 +290,10 @@ async def test_payments_and_orders(stores: tuple[SQLLedger, LedgerPKI]) -> None:
     assert not created and again == order
     with pytest.raises(Conflict):
         await ledger.create_order(7, "B1", 1001, OTHER_CARD, 500, 5)
+    # another terminal cannot bind this terminal's payment: to it, there is no such payment
+    await pki.register(card(1002))
+    with pytest.raises(NotFound, match="by this terminal"):
+        await ledger.create_order(7, "B1", 1002, OTHER_CARD, 500, 5)
     assert await ledger.order(order.order_no) == order
     assert await ledger.orders_for_card(CARD.logical_no, None, None, None, None) == [order]
     assert await ledger.orders_for_card(CARD.logical_no, None, None,

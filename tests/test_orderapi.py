@@ -7,6 +7,7 @@ exactly one error).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -326,6 +327,34 @@ def test_cpu_card_limit(terminal: Terminal) -> None:
     b = biz()
     terminal.login(b, 100_000)
     refused(terminal.create(b, 100_000), "exceeds the card limit of 100000 fen")
+
+
+def test_a_payment_is_bound_by_its_own_terminal_only(terminal: Terminal,
+                                                     tmp_path: Path) -> None:
+    """Terminal B, signed in, cannot take the money paid for terminal A's user."""
+    b = biz()
+    terminal.login(b, 500)
+    admin = str(Path(sys.executable).with_name("lnt-admin"))
+    other = tmp_path / "b"
+    out = subprocess.run([admin, "--data-dir", str(terminal.data), "terminal", "register",
+                          "--pki", "777", "--user-id", "OTHER-TERMINAL-1", "--generate",
+                          str(other / "key.json")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    shutil.copytree(terminal.data / "cards", other / "cards")
+    (other / "listening.json").write_text((terminal.data / "listening.json").read_text())
+    signin = subprocess.run([str(Path(sys.executable).with_name("lnt-terminal")), "--data-dir",
+                             str(other), "--key-file", str(other / "key.json"), "signin"],
+                            capture_output=True, text=True, timeout=60)
+    assert signin.returncode == 0, signin.stdout + signin.stderr
+    state = json.loads((other / "reader-state.json").read_text())
+    thief = Terminal.__new__(Terminal)
+    thief.__dict__.update(terminal.__dict__)
+    thief.key = CardKeyFile.load(other / "key.json")
+    thief.user = "OTHER-TERMINAL-1"
+    thief.serial = state["session"]["serial"]
+    answer = thief.create(b, 500, pki="00000777")
+    refused(answer, f"no payment for biz_serial_no {b} of platform 7 by this terminal")
+    assert terminal.create(b, 500)["status"] == 1  # the payer's terminal still can
 
 
 def test_not_signed_in_and_other_terminals(terminal: Terminal, tmp_path: Path) -> None:

@@ -468,6 +468,18 @@ def test_open_close_card(h: Harness) -> None:
         0xDD74, InfoCode.READER_BAD_LENGTH)
 
 
+def test_a_pending_load_is_resolved_even_if_the_card_was_closed(h: Harness) -> None:
+    reader = h.terminal()
+    reader.presented = card = h.cpu(1000)
+    order = h.order(card, 500)
+    drop_at_load(h, reader, order, 500, after=True)
+    rs = h.run(request(0xDD73, reader.deposit_init(DepositOp.CLOSE), pki=PKI), reader)
+    reader.execute(b"\x40" + rs[0].info)
+    assert card.deposit_flag == DepositOp.CLOSE
+    assert last(h.run(h.dd11(order, 500), reader)) == (0xDD22, InfoCode.SUCCESS)
+    h.books_ok()
+
+
 # -- the books under any sequence ------------------------------------------------------------------
 
 @settings(max_examples=20, deadline=None,

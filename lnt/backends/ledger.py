@@ -238,12 +238,14 @@ class SQLLedger:
     ) -> Deferred[tuple[Order, bool]]:
         def txn(cur: Cursor) -> tuple[Order, bool]:
             payment = cur.execute(
-                "SELECT money FROM payments WHERE platform_no = ? AND biz_serial_no = ?",
+                "SELECT money, pki_no FROM payments WHERE platform_no = ? AND biz_serial_no = ?",
                 (platform_no, biz_serial_no),
             ).fetchone()
-            if payment is None:
+            # Money paid for one terminal's user is bound to a card by that terminal only; to
+            # any other, someone else's payment is indistinguishable from none.
+            if payment is None or int(payment[1]) != pki_no:
                 raise NotFound(f"no payment for biz_serial_no {biz_serial_no} of platform "
-                               f"{platform_no}: call APPLLogin (type 5) first")
+                               f"{platform_no} by this terminal: call APPLLogin (type 5) first")
             if int(payment[0]) != amount:
                 raise Conflict(f"chargeamt {amount} differs from the {payment[0]} fen paid "
                                f"under biz_serial_no {biz_serial_no}")

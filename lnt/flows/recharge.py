@@ -177,8 +177,6 @@ class RechargeFlow(_SecureFlow):
                             f"order {order_no} is for another card")
         if card.terminal_id != tid:
             raise FlowError(InfoCode.READER_ERROR, "reader reports another terminal ID")
-        if card.deposit_flag == DepositOp.CLOSE:
-            raise FlowError(InfoCode.BACKEND_ERROR, "card is closed (deposit refunded)")
 
         if order.state is OrderState.PENDING:
             load = await self.backend(ctx.ledger.load(order_no), "load")
@@ -187,6 +185,10 @@ class RechargeFlow(_SecureFlow):
                           order=order_no)
             await self._read_back(dd13, load, resumed=True)
             return
+
+        # A closed card takes no new load (a pending one is still read back above).
+        if card.deposit_flag == DepositOp.CLOSE:
+            raise FlowError(InfoCode.BACKEND_ERROR, "card is closed (deposit refunded)")
 
         if kind is CardKind.CPU and card.balance + amount > CPU_BALANCE_LIMIT:
             raise FlowError(InfoCode.BACKEND_ERROR,
