@@ -153,6 +153,9 @@ class Load:
     new_balance: int | None
     created_ms: int
     updated_ms: int
+    #: M1: until when the write may still reach the card (its expiry, with clock margin), so
+    #: that no daemon, whatever its own settings, rules it out earlier; CPU: 0
+    hold_until_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -379,6 +379,23 @@ def test_m1_resume_waits_out_the_write_window(h: Harness) -> None:
     h.books_ok()
 
 
+def test_m1_hold_is_the_sending_daemons_not_the_resumers(h: Harness) -> None:
+    """A daemon with a shorter flow deadline must not rule out a write sent by another."""
+    reader = h.terminal()
+    reader.presented = card = h.m1(500)
+    order = h.order(card, 100)
+    drop_at_load(h, reader, order, 100, after=False)  # sent with flow deadline 120 s
+    hasty = DDServerFactory(FlowRegistry(FLOWS), FlowContext(
+        h.ledger, h.b.pki, h.b.core, h.clock, FlowSettings(flow_deadline=5)), 50)
+    h.factory, original = hasty, h.factory
+    h.clock.advance(70)  # past 5 + 60 s, within 120 + 60 s
+    assert last(h.run(h.dd11(order, 100), reader)) == (0xDD22, InfoCode.REVERSAL_FAILED)
+    h.clock.advance(111)
+    assert last(h.run(h.dd11(order, 100), reader)) == (0xDD22, InfoCode.REVERSAL_DONE)
+    h.factory = original
+    h.books_ok()
+
+
 def test_m1_lost_after_write_and_torn_write_settle(h: Harness) -> None:
     reader = h.terminal()
     reader.presented = card = h.m1(500)

@@ -336,7 +336,7 @@ class SQLLedger:
                         " AND physical_no = ''", (load.physical_no, load.card_kind.value,
                                                   load.order_no))
             cur.execute(f"INSERT INTO loads ({_LOAD}) VALUES"
-                        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _load_row(load))
+                        " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _load_row(load))
             return load
 
         return self.db.runInteraction("begin_load", txn)
@@ -455,21 +455,22 @@ class SQLLedger:
 
 _LOAD = ("order_no, pki_no, card_kind, logical_no, physical_no, amount, old_balance,"
          " online_serial, terminal_id, load_time, key_version, state, tac, new_balance,"
-         " created_ms, updated_ms")
+         " created_ms, updated_ms, hold_until_ms")
 
 
 def _load_row(load: Load) -> tuple[Any, ...]:
     return (load.order_no, load.pki_no, load.card_kind.value, load.logical_no, load.physical_no,
             load.amount, load.old_balance, load.online_serial, load.terminal_id, load.load_time,
             load.key_version, load.state.value, load.tac, load.new_balance, load.created_ms,
-            load.updated_ms)
+            load.updated_ms, load.hold_until_ms)
 
 
 def _load(row: tuple[Any, ...]) -> Load:
     return Load(str(row[0]), int(row[1]), CardKind(row[2]), str(row[3]), str(row[4]),
                 int(row[5]), int(row[6]), None if row[7] is None else int(row[7]), str(row[8]),
                 str(row[9]), int(row[10]), LoadState(row[11]), row[12],
-                None if row[13] is None else int(row[13]), int(row[14]), int(row[15]))
+                None if row[13] is None else int(row[13]), int(row[14]), int(row[15]),
+                int(row[16]))
 
 
 def _check(cur: Cursor) -> list[str]:

@@ -235,6 +235,12 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         );
         """,
     ),
+    (
+        6,
+        """
+        ALTER TABLE loads ADD COLUMN hold_until_ms {bigint} NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 #: The version this code writes.

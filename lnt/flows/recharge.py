@@ -291,7 +291,8 @@ class RechargeFlow(_SecureFlow):
         new = old + order.amount
         if new > 2**31 - 1:
             raise FlowError(InfoCode.BACKEND_ERROR, "the load would overflow the M1 purse")
-        load = await self._begin(order, card, context, old, None, 1)
+        hold_ms = int((self.settings.flow_deadline + M1_CLOCK_MARGIN) * 1000)
+        load = await self._begin(order, card, context, old, None, 1, hold_ms)
         expires = (datetime.strptime(card.reader_time, "%Y%m%d%H%M%S")
                    + timedelta(seconds=self.settings.flow_deadline)).strftime("%Y%m%d%H%M%S")
         command = M1Load(M1_PURSE_SECTOR, key, M1_PURSE_BLOCK, M1_BACKUP_BLOCK, old,
@@ -314,13 +315,14 @@ class RechargeFlow(_SecureFlow):
     # -- common --------------------------------------------------------------------------
 
     async def _begin(self, order: Order, card: CardInfo, context: LoadContext,
-                     old_balance: int, online_serial: int | None, key_version: int) -> Load:
+                     old_balance: int, online_serial: int | None, key_version: int,
+                     hold_ms: int = 0) -> Load:
         now = self.context.now_ms()
         kind = CardKind.CPU if card.purse_type == PurseType.CPU else CardKind.M1
         load = Load(order.order_no, self.pki, kind, order.logical_no,
                     card.physical.hex(), order.amount, old_balance, online_serial,
                     context.terminal_id.hex(), context.load_time, key_version,
-                    LoadState.PENDING, None, None, now, now)
+                    LoadState.PENDING, None, None, now, now, now + hold_ms if hold_ms else 0)
         try:
             return await self.backend(self.context.ledger.begin_load(load), "begin load")
         except (Conflict, NotFound) as e:
@@ -406,13 +408,14 @@ class RechargeFlow(_SecureFlow):
             self.finish(dd21, InfoCode.SUCCESS, self._record(done))
             return
         if value == load.old_balance:
-            hold = (self.settings.flow_deadline + M1_CLOCK_MARGIN) * 1000
-            if written_here or ctx.now_ms() - load.created_ms > hold:
+            # the hold was fixed when the write left, by the daemon that sent it
+            if written_here or ctx.now_ms() > load.hold_until_ms:
                 await self._reverse(load)
                 raise FlowError(InfoCode.REVERSAL_DONE, f"order {load.order_no} reversed")
+            wait = (load.hold_until_ms - ctx.now_ms()) // 1000 + 1
             raise FlowError(InfoCode.REVERSAL_FAILED,
                             f"order {load.order_no}: the write may still be in flight; "
-                            f"retry after {hold // 1000} s")
+                            f"retry in {wait} s")
         raise FlowError(InfoCode.REVERSAL_FAILED,
                         f"order {load.order_no}: purse shows {value}, neither {load.old_balance}"
                         f" nor {expected}")
