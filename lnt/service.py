@@ -155,9 +155,8 @@ class RechargeService(MultiService):
         self.db.start()
         super().startService()
         self.notifier.startService()
-        # consignments a crash interrupted are finished now
-        self.processor.sweep().addErrback(
-            lambda f: log.failure("consignment sweep failed", f))
+        # consignments a crash interrupted are finished now, and stragglers every 30 s
+        self.processor.start()
         listening: dict[str, Any] = {
             str(s.name): s.address() for s in self if isinstance(s, ListenerService)
         }
@@ -175,6 +174,7 @@ class RechargeService(MultiService):
         listeners = [s for s in self if isinstance(s, ListenerService)]
         await defer.gatherResults([s.stopService() for s in listeners])
         await self.flows.drain(self.settings["shutdown-grace"])
+        self.processor.stop()
         await self.notifier.stopService()
         self.running = 0
         self.ledger.close()

@@ -453,3 +453,45 @@ async def test_a_slow_endpoint_does_not_stall_others() -> None:
     finally:
         slow.close()
         fast.close()
+
+
+def test_a_timed_out_redemption_is_finished_by_the_sweep_and_paid_once() -> None:
+    from hashlib import pbkdf2_hmac
+
+    from twisted.internet.defer import Deferred, succeed
+    from twisted.internet.task import Clock
+
+    from lnt.backends.vouchers import PBKDF2_ROUNDS, VoucherIssuer
+    from lnt.web.consignapi import Processor
+
+    clock = Clock()
+    b = SyncBackends()
+    store = SQLConsignments(b.db, b.keys.sealer())
+    issuer = VoucherIssuer(b.db, b.keys.storage_key, hasher=lambda p, s: succeed(
+        pbkdf2_hmac("sha256", p.encode(), s, PBKDF2_ROUNDS)))
+    result_of(store.add_merchant("m", {"P": 9000}, 0))
+    [voucher] = result_of(issuer.issue("P", 1000, 1, 0))
+
+    class Late:
+        """The first redemption commits but answers after the timeout."""
+
+        calls = 0
+
+        def redeem(self, *args: Any) -> Deferred[Any]:
+            Late.calls += 1
+            done = issuer.redeem(*args)
+            return Deferred() if Late.calls == 1 else done
+
+    processor = Processor(store, Late(), clock, lambda: None, timeout=5, sweep_every=30)  # type: ignore[arg-type]
+    result_of(store.submit("m", "o", "B", "P", 1000, "", "", voucher.card_number,
+                                  voucher.password, "x", 0))
+    processor.start()  # sweeps at once: the redemption hangs
+    clock.advance(6)  # timed out; the voucher is redeemed, the order still processing
+    assert result_of(store.consignment("m", "o")).state.value == "processing"  # type: ignore[union-attr]
+    clock.advance(30)  # the next sweep
+    done = result_of(store.consignment("m", "o"))
+    assert done is not None and done.state.value == "success" and Late.calls == 2
+    assert result_of(store.balance("m")) == 900  # paid once, at 90 %
+    assert result_of(b.ledger.check()) == []
+    processor.stop()
+

@@ -14,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
 from lnt.backends.database import Cursor, Transactor
@@ -42,9 +45,12 @@ class IssuedVoucher:
 
 @implementer(IIssuer)
 class VoucherIssuer:
-    def __init__(self, db: Transactor, storage_key: bytes) -> None:
+    def __init__(self, db: Transactor, storage_key: bytes,
+                 hasher: Callable[[str, bytes], Deferred[bytes]] | None = None) -> None:
         self.db = db
         self._key = storage_key
+        self._hash = hasher or (lambda password, salt: deferToThread(_password_hash, password,
+                                                                     salt))
 
     def _card_id(self, card_number: str) -> str:
         return hmac.new(self._key, b"voucher:" + card_number.encode(), hashlib.sha256).hexdigest()
@@ -76,17 +82,31 @@ class VoucherIssuer:
 
     def redeem(self, card_number: str, password: str, product_code: str, face_value: int,
                reference: str, now_ms: int) -> Deferred[Redemption]:
+        return Deferred.fromCoroutine(self._redeem(card_number, password, product_code,
+                                                   face_value, reference, now_ms))
+
+    async def _redeem(self, card_number: str, password: str, product_code: str,
+                      face_value: int, reference: str, now_ms: int) -> Redemption:
         card_id = self._card_id(card_number)
 
+        def read(cur: Cursor) -> tuple[Any, ...] | None:
+            return cur.execute("SELECT salt, password_hash FROM vouchers WHERE card_id = ?",
+                               (card_id,)).fetchone()
+
+        row = await self.db.runInteraction("voucher salt", read)
+        if row is None:
+            return Redemption(False, None, "unknown card number")
+        # the slow hash runs in a worker thread, outside any database transaction
+        given = await self._hash(password, bytes(row[0]))
+        if not hmac.compare_digest(given, bytes(row[1])):
+            return Redemption(False, None, "wrong card password")
+
         def txn(cur: Cursor) -> Redemption:
-            row = cur.execute("SELECT salt, password_hash, face_value, product_code, state,"
-                              " redeemed_ref FROM vouchers WHERE card_id = ?",
-                              (card_id,)).fetchone()
-            if row is None:
+            row = cur.execute("SELECT face_value, product_code, state, redeemed_ref FROM"
+                              " vouchers WHERE card_id = ?", (card_id,)).fetchone()
+            if row is None:  # pragma: no cover - vouchers are never deleted
                 return Redemption(False, None, "unknown card number")
-            salt, stored, value, product, state, ref = row
-            if not hmac.compare_digest(_password_hash(password, bytes(salt)), bytes(stored)):
-                return Redemption(False, None, "wrong card password")
+            value, product, state, ref = row
             if state == "redeemed":
                 if ref == reference:
                     return Redemption(True, int(value), "redeemed")
@@ -99,4 +119,4 @@ class VoucherIssuer:
                         " WHERE card_id = ? AND state = 'issued'", (reference, now_ms, card_id))
             return Redemption(True, int(value), "redeemed")
 
-        return self.db.runInteraction("redeem voucher", txn)
+        return await self.db.runInteraction("redeem voucher", txn)

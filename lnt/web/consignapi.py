@@ -17,8 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -59,13 +60,18 @@ class Processor:
     """Verifies and redeems consigned cards; each order at most once, also after a crash."""
 
     def __init__(self, store: IConsignments, issuer: IIssuer, clock: IReactorTime,
-                 wake: Callable[[], None], timeout: float) -> None:
+                 wake: Callable[[], None], timeout: float, concurrency: int = 4,
+                 sweep_every: float = 30.0) -> None:
         self.store = store
         self.issuer = issuer
         self.clock = clock
         self.wake = wake
         self.timeout = timeout
+        self.sweep_every = sweep_every
         self._running: dict[str, Deferred[None]] = {}
+        # a big batch is worked off a few cards at a time, never all at once
+        self._limit = DeferredSemaphore(concurrency)
+        self._sweeper: LoopingCall | None = None
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -74,14 +80,16 @@ class Processor:
         running = self._running.get(system_order_id)
         if running is not None:
             return running
-        d = Deferred.fromCoroutine(self._process(system_order_id))
+        d: Deferred[None] = self._limit.run(
+            lambda: Deferred.fromCoroutine(self._process(system_order_id)))
         self._running[system_order_id] = d
 
         def done(result: object) -> None:
             self._running.pop(system_order_id, None)
             if isinstance(result, Failure):
-                log.failure("consignment {order}: processing failed; retried at the next sweep",
-                            result, order=system_order_id)
+                log.failure("consignment {order}: processing failed; retried at the next sweep"
+                            " (every {every:.0f} s)", result, order=system_order_id,
+                            every=self.sweep_every)
 
         d.addBoth(done)
         return d
@@ -104,13 +112,31 @@ class Processor:
         self.wake()
 
     def sweep(self) -> Deferred[None]:
-        """Process every order still processing (at start: what a crash interrupted)."""
+        """
+        Process every order still processing: at start what a crash interrupted, then every
+        C{sweep_every} seconds whatever a timeout left behind (a call that timed out may have
+        committed all the same).
+        """
 
         async def run() -> None:
-            for system_order_id in await self.store.processing():
-                await self.process(system_order_id)
+            pending = await self.store.processing().addTimeout(self.timeout, self.clock)
+            await defer.DeferredList([self.process(s) for s in pending], consumeErrors=True)
 
         return Deferred.fromCoroutine(run())
+
+    def start(self) -> None:
+        self._sweeper = LoopingCall(self._sweep_logged)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(self.sweep_every, now=True)
+
+    def _sweep_logged(self) -> Deferred[None]:
+        return self.sweep().addErrback(
+            lambda f: log.failure("consignment sweep failed; next in {every:.0f} s", f,
+                                  every=self.sweep_every))
+
+    def stop(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
 
 
 class ConsignmentAPI:
@@ -190,7 +216,8 @@ class ConsignmentAPI:
                 number, password, mask_card(number), int(self.clock.seconds() * 1000)))
         except BatchFull as e:
             raise Refused(str(e)) from None
-        if created:
+        if order.state is ConsignmentState.PROCESSING:
+            # new, or a repeat of one a timeout left unprocessed: idempotent either way
             self.clock.callLater(0, self.processor.process, order.system_order_id)
         log.info("consignment API: merchant {merchant} order {order_id} ({card}) {what}",
                  merchant=merchant.customer_id, order_id=order_id, card=order.card_masked,
