@@ -495,3 +495,65 @@ def test_a_timed_out_redemption_is_finished_by_the_sweep_and_paid_once() -> None
     assert result_of(b.ledger.check()) == []
     processor.stop()
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_endpoint_that_never_finishes_its_answer_times_out() -> None:
+    """Headers, then a body that never ends: the attempt ends at the timeout, its slot is
+    freed, and stopping the notifier does not wait for it."""
+    import socket
+
+    from twisted.internet import reactor
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+
+    def trickle() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsu")
+            held.append(conn)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/n"
+    b = SyncBackends()
+    store = SQLConsignments(b.db, b.keys.sealer())
+    result_of(store.add_merchant("m", {"P": 9000}, 0))
+    c, _ = result_of(store.submit("m", "o", "B", "P", 1, url, "", "1", "p", "x", 0))
+    result_of(store.complete(c.system_order_id, None, "no", 0))
+    notifier = Notifier(store, reactor, 0.5, [60], poll=0.1, reactor=reactor)
+    notifier.startService()
+    try:
+        started = time.monotonic()
+        while not result_of(store.notifications(c.system_order_id))[0][2]:
+            assert time.monotonic() - started < 5, "the attempt never ended"
+            await deferLater(reactor, 0.05)
+        [(state, attempts, outcomes)] = result_of(store.notifications(c.system_order_id))
+        assert (state, attempts, outcomes) == ("pending", 1, ["timeout after 0.5 s"])
+        assert notifier._busy[urllib.parse.urlsplit(url).netloc] == 0
+    finally:
+        stopping = time.monotonic()
+        await notifier.stopService()
+        assert time.monotonic() - stopping < 2
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_late_attempt_never_undoes_a_delivery() -> None:
+    b = SyncBackends()
+    store = SQLConsignments(b.db, b.keys.sealer())
+    result_of(store.add_merchant("m", {"P": 9000}, 0))
+    c, _ = result_of(store.submit("m", "o", "B", "P", 1, "http://x/n", "", "1", "p", "x", 0))
+    result_of(store.complete(c.system_order_id, None, "no", 0))
+    [n] = result_of(store.due(0, 10, 1))
+    result_of(store.attempted(n.id, "HTTP 200: 'success'", True, [10], 1))
+    result_of(store.attempted(n.id, "timeout after 10 s", False, [10], 2))  # a late twin
+    assert result_of(store.notifications(c.system_order_id)) == [
+        ("delivered", 1, ["HTTP 200: 'success'", "timeout after 10 s"])]

@@ -384,9 +384,11 @@ class SQLConsignments:
         def txn(cur: Cursor) -> None:
             cur.execute("INSERT INTO notify_attempts (notification_id, at_ms, outcome) VALUES"
                         " (?, ?, ?)", (notification_id, now_ms, outcome[:200]))
-            row = cur.execute("SELECT attempts FROM notifications WHERE id = ?",
+            row = cur.execute("SELECT attempts, state FROM notifications WHERE id = ?",
                               (notification_id,)).fetchone()
-            attempts = (int(row[0]) if row else 0) + 1
+            if row is None or row[1] != "pending":
+                return  # decided already (a late attempt): recorded, never undone
+            attempts = int(row[0]) + 1
             if delivered:
                 state, next_ms = "delivered", now_ms
             elif attempts > len(retry_intervals):

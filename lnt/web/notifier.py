@@ -45,6 +45,7 @@ class Notifier(Service):
         self.poll = poll
         self.reactor = reactor
         self._limit = DeferredSemaphore(concurrency)
+        self.concurrency = concurrency
         self.per_host = per_host
         self._busy: dict[str, int] = {}
         self._call: IDelayedCall | None = None
@@ -93,7 +94,12 @@ class Notifier(Service):
         d.addBoth(done)
 
     async def _claim(self) -> None:
-        due = await self.store.due(self.now_ms(), 100, int((self.timeout + 5) * 1000))
+        # claim only what can start now: a claimed notification is delivered (or given up)
+        # well within its lease, so no other tick or daemon takes it meanwhile
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return
+        due = await self.store.due(self.now_ms(), free, int((self.timeout + 5) * 1000))
         for notification in due:
             host = urlsplit(notification.url).netloc
             if self._busy.get(host, 0) >= self.per_host:
@@ -109,18 +115,34 @@ class Notifier(Service):
 
             d.addBoth(forget)
 
+    async def _post(self, n: Notification) -> tuple[int, bytes]:
+        headers: dict[bytes | str, bytes | str] = {
+            "content-type": "application/x-www-form-urlencoded"}
+        response = await treq.post(n.url, data=n.body.encode(), reactor=self.reactor,
+                                   headers=headers)
+        body = bytearray()
+
+        def collect(data: bytes) -> None:
+            room = MAX_BODY - len(body)
+            if room > 0:
+                body.extend(data[:room])  # the rest is read and dropped
+
+        await treq.collect(response, collect)
+        return response.code, bytes(body)
+
     async def _deliver(self, n: Notification) -> None:
         outcome, delivered = "not an http(s) URL", False
         if http_url(n.url):
+            # one bound for the whole attempt: connecting, the headers and the body
+            attempt = Deferred.fromCoroutine(self._post(n))
+            attempt.addTimeout(self.timeout, self.clock)
             try:
-                headers: dict[bytes | str, bytes | str] = {
-                    "content-type": "application/x-www-form-urlencoded"}
-                response = await treq.post(n.url, data=n.body.encode(), reactor=self.reactor,
-                                           headers=headers, timeout=self.timeout)
-                body = await treq.content(response)
-                text = body[:MAX_BODY].decode("utf-8", "replace").strip()
-                delivered = response.code == 200 and text == "success"
-                outcome = f"HTTP {response.code}: {text[:60]!r}"
+                code, body = await attempt
+                text = body.decode("utf-8", "replace").strip()
+                delivered = code == 200 and text == "success"
+                outcome = f"HTTP {code}: {text[:60]!r}"
+            except defer.TimeoutError:
+                outcome = f"timeout after {self.timeout:g} s"
             except Exception as e:  # every failure of an attempt is recorded, none escapes
                 outcome = f"{type(e).__name__}: {str(e)[:120]}"
         await self.store.attempted(n.id, outcome, delivered, self.retry_intervals, self.now_ms())
