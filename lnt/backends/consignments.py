@@ -59,6 +59,15 @@ def _consignment(row: tuple[Any, ...]) -> Consignment:
                        None if row[13] is None else int(row[13]), int(row[14]))
 
 
+_TOPUP_ORDER = ("SELECT order_no, logical_no, amount, state, created_ms, updated_ms, physical_no,"
+                " card_kind FROM orders WHERE platform_no = ? AND biz_serial_no = ?")
+
+
+def _topup_order(row: tuple[Any, ...], biz: str) -> Order:
+    return Order(str(row[0]), TOPUP_PLATFORM, biz, 0, CardKind(row[7]), str(row[1]),
+                 str(row[6]), int(row[2]), OrderState(row[3]), int(row[4]), int(row[5]))
+
+
 def notification_fields(c: Consignment) -> dict[str, str]:
     """The fields posted to notify_url (the document's table; amounts in fen)."""
     return {
@@ -300,16 +309,11 @@ class SQLConsignments:
         biz = f"{customer_id}:{order_id}"
 
         def txn(cur: Cursor) -> tuple[Order, bool]:
-            row = cur.execute("SELECT order_no, logical_no, amount, state, created_ms,"
-                              " updated_ms, physical_no, card_kind FROM orders WHERE"
-                              " platform_no = ? AND biz_serial_no = ?",
-                              (TOPUP_PLATFORM, biz)).fetchone()
+            row = cur.execute(_TOPUP_ORDER, (TOPUP_PLATFORM, biz)).fetchone()
             if row is not None:
                 if (str(row[1]), int(row[2])) != (logical_no, amount):
                     raise Conflict(f"orderId {order_id} was used for another top-up")
-                return Order(str(row[0]), TOPUP_PLATFORM, biz, 0, CardKind(row[7]), logical_no,
-                             str(row[6]), amount, OrderState(row[3]), int(row[4]),
-                             int(row[5])), False
+                return _topup_order(row, biz), False
             balance = cur.execute("SELECT COALESCE(SUM(amount), 0) FROM postings WHERE"
                                   " account = ?", (account_merchant(customer_id),)).fetchone()
             available = -int(balance[0]) if balance else 0
@@ -339,16 +343,11 @@ class SQLConsignments:
         return self.db.runInteraction("top-up", txn)
 
     def topup_order(self, customer_id: str, order_id: str) -> Deferred[Order | None]:
+        biz = f"{customer_id}:{order_id}"
+
         def txn(cur: Cursor) -> Order | None:
-            row = cur.execute("SELECT order_no, logical_no, amount, state, created_ms,"
-                              " updated_ms, physical_no, card_kind FROM orders WHERE"
-                              " platform_no = ? AND biz_serial_no = ?",
-                              (TOPUP_PLATFORM, f"{customer_id}:{order_id}")).fetchone()
-            if row is None:
-                return None
-            return Order(str(row[0]), TOPUP_PLATFORM, f"{customer_id}:{order_id}", 0,
-                         CardKind(row[7]), str(row[1]), str(row[6]), int(row[2]),
-                         OrderState(row[3]), int(row[4]), int(row[5]))
+            row = cur.execute(_TOPUP_ORDER, (TOPUP_PLATFORM, biz)).fetchone()
+            return None if row is None else _topup_order(row, biz)
 
         return self.db.runInteraction("top-up order", txn)
 

@@ -174,6 +174,24 @@ class ConsignmentAPI:
         return merchant
 
     @staticmethod
+    def order_id_of(params: dict[str, str]) -> str:
+        order_id = params["orderId"]
+        if not ORDER_ID.match(order_id):
+            raise Refused("orderId must be 1-50 letters, digits, '_' or '-'")
+        return order_id
+
+    @staticmethod
+    def notify_of(params: dict[str, str]) -> tuple[str, str]:
+        """(notify_url, custom), checked."""
+        notify_url = params.get("notify_url", "")
+        if notify_url and not http_url(notify_url):
+            raise Refused("notify_url must be an http:// or https:// URL")
+        custom = params.get("custom", "")
+        if len(custom) > 255:
+            raise Refused("custom is longer than 255")
+        return notify_url, custom
+
+    @staticmethod
     def amount_of(params: dict[str, str], name: str = "amount") -> int:
         try:
             amount = int(params[name])
@@ -188,21 +206,14 @@ class ConsignmentAPI:
     async def tocard(self, params: dict[str, str]) -> dict[str, Any]:
         merchant = await self.merchant_of(params, ("orderId", "batchno", "productCode",
                                                    "cardNumber", "cardPassword", "amount"))
-        order_id, batchno = params["orderId"], params["batchno"]
-        if not ORDER_ID.match(order_id):
-            raise Refused("orderId must be 1-50 letters, digits, '_' or '-'")
+        order_id, batchno = self.order_id_of(params), params["batchno"]
         if len(batchno) > 50:
             raise Refused("batchno is longer than 50")
         product = params["productCode"]
         if product not in merchant.rates:
             raise Refused(f"productCode {product} is not open to this merchant")
         amount = self.amount_of(params)
-        notify_url = params.get("notify_url", "")
-        if notify_url and not http_url(notify_url):
-            raise Refused("notify_url must be an http:// or https:// URL")
-        custom = params.get("custom", "")
-        if len(custom) > 255:
-            raise Refused("custom is longer than 255")
+        notify_url, custom = self.notify_of(params)
         try:
             number = decrypt_field(params["cardNumber"], merchant.aes_key, "cardNumber")
             password = decrypt_field(params["cardPassword"], merchant.aes_key, "cardPassword")
@@ -248,9 +259,7 @@ class ConsignmentAPI:
 
     async def query_buy(self, params: dict[str, str]) -> dict[str, Any]:
         merchant = await self.merchant_of(params, ("orderId", "amount", "account"))
-        order_id = params["orderId"]
-        if not ORDER_ID.match(order_id):
-            raise Refused("orderId must be 1-50 letters, digits, '_' or '-'")
+        order_id = self.order_id_of(params)
         amount = self.amount_of(params)
         if params.get("decimal") and params["decimal"] != params["amount"]:
             raise Refused(f"decimal {params['decimal']} does not match amount {amount}")
@@ -264,12 +273,7 @@ class ConsignmentAPI:
             raise Refused("quantity must be 1")
         if amount > 100_000:
             raise Refused("amount must be at most 100000 fen")
-        notify_url = params.get("notify_url", "")
-        if notify_url and not http_url(notify_url):
-            raise Refused("notify_url must be an http:// or https:// URL")
-        custom = params.get("custom", "")
-        if len(custom) > 255:
-            raise Refused("custom is longer than 255")
+        notify_url, custom = self.notify_of(params)
         try:
             order, created = await self._b(self.store.topup(
                 merchant.customer_id, order_id, amount, account, int(self.clock.seconds() * 1000),
