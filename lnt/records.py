@@ -270,6 +270,3 @@ class Session:
     session_key: bytes = field(repr=False)
     created_ms: int
     expires_ms: int
-
-    def live(self, now_ms: int) -> bool:
-        return now_ms < self.expires_ms

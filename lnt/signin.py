@@ -71,7 +71,6 @@ SIZE_DD03 = 14
 SIZE_DD05 = 138
 SIZE_DD06 = 141
 SIZE_DD07 = 184
-BLOCK_SIZE = 46
 
 
 class SchemeError(ValueError):

@@ -262,7 +262,6 @@ class Response:
         return body[22]
 
 
-Frame = Request | Response
 F = TypeVar("F", Request, Response)
 
 #: The largest frame of either kind, prefix and CRC included.

@@ -78,11 +78,6 @@ class Engine:
         code = getattr(error, "pgcode", None)
         return code in ("40001", "40P01")
 
-    def is_unique_violation(self, error: BaseException) -> bool:
-        if self.name == "sqlite":
-            return isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error)
-        return getattr(error, "pgcode", None) == "23505"
-
 
 SQLITE = Engine(
     name="sqlite",

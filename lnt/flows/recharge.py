@@ -310,7 +310,7 @@ class RechargeFlow(_SecureFlow):
                           order=order.order_no, why=e.reason)
         # The reader has answered the write: it will never execute it again (seq), so the
         # read-back may rule the load out.
-        await self._read_back(dd19, load, written_here=True)
+        await self._read_back(dd19, load, written_here=True, m1_key=key)
 
     # -- common --------------------------------------------------------------------------
 
@@ -354,7 +354,8 @@ class RechargeFlow(_SecureFlow):
                       load.new_balance)
 
     async def _read_back(self, request: Request, load: Load, *, resumed: bool = False,
-                         settled: Load | None = None, written_here: bool = False) -> None:
+                         settled: Load | None = None, written_here: bool = False,
+                         m1_key: bytes | None = None) -> None:
         """DD20 / DD21 / DD22: read the purse back and settle, reverse, or leave undecided."""
         ctx = self.context
         seq = self._seq()
@@ -363,7 +364,7 @@ class RechargeFlow(_SecureFlow):
             body = bytes((PurseType.CPU,)) + apdu_list(
                 [SELECT_PURSE, GET_BALANCE, get_transaction_proof(load.online_serial)])
         else:
-            key = await self._m1_key(load.physical_no)
+            key = m1_key or await self._m1_key(load.physical_no)
             body = bytes((PurseType.M1,)) + m1_read(M1_PURSE_SECTOR, key, M1_PURSE_BLOCK,
                                                     M1_BACKUP_BLOCK)
         command = self.sm.seal_command(Ins.M1_CPU_QRY, seq, body, SIZE[DD20])
