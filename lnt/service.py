@@ -137,7 +137,6 @@ class RechargeService(MultiService):
         db: Database,
         ledger: SQLLedger,
         flows: DDServerFactory,
-        reactor: Any,
         notifier: Notifier,
         processor: Processor,
     ) -> None:
@@ -148,7 +147,6 @@ class RechargeService(MultiService):
         self.db = db
         self.ledger = ledger
         self.flows = flows
-        self.reactor = reactor
         self.data_dir = Path(settings["data-dir"])
 
     def startService(self) -> None:
@@ -174,7 +172,7 @@ class RechargeService(MultiService):
         listeners = [s for s in self if isinstance(s, ListenerService)]
         await defer.gatherResults([s.stopService() for s in listeners])
         await self.flows.drain(self.settings["shutdown-grace"])
-        self.processor.stop()
+        await self.processor.stop()
         await self.notifier.stopService()
         self.running = 0
         self.ledger.close()
@@ -270,7 +268,7 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
     site.displayTracebacks = False
     site.noisy = False
 
-    service = RechargeService(settings, db, ledger, flows, reactor, notifier, processor)
+    service = RechargeService(settings, db, ledger, flows, notifier, processor)
     ListenerService("flows", settings["flows"], flows, reactor).setServiceParent(service)
     ListenerService("http", settings["http"], site, reactor).setServiceParent(service)
     return service

@@ -134,9 +134,12 @@ class Processor:
             lambda f: log.failure("consignment sweep failed; next in {every:.0f} s", f,
                                   every=self.sweep_every))
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
+        """Stop sweeping; fires when the orders in work are done (each bounded by timeouts)."""
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+        running = list(self._running.values())
+        return defer.DeferredList(running, consumeErrors=True).addCallback(lambda _: None)
 
 
 class ConsignmentAPI:
