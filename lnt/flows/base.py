@@ -19,9 +19,8 @@ Timeouts (all on C{context.clock}, so tests drive them with L{twisted.internet.t
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
@@ -155,12 +154,11 @@ class FlowProtocol(Protocol):
         self._send(request, FlowIndicator.END, code, info, header)
         self._close("finished")
 
-    def backend(self, work: Coroutine[Any, Any, T] | Deferred[T], what: str) -> Deferred[T]:
+    def backend(self, d: Deferred[T], what: str) -> Deferred[T]:
         """
-        C{work} (a backend call) with the backend timeout: if it has not fired in time the
-        flow ends with DD (system busy). C{what} names the call in the log.
+        C{d} (a backend call) with the backend timeout: if it has not fired in time the flow
+        ends with DD (system busy). C{what} names the call in the log.
         """
-        d: Deferred[T] = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
 
         def timed_out(f: Failure) -> Failure:
             if f.check(defer.TimeoutError):
