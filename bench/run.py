@@ -65,7 +65,11 @@ def make_terminals(daemon: Daemon, base: Path, k: int) -> list[Terminal]:
                         "--pki", str(80000000 + i), "--user-id", user, "--generate",
                         str(data / "key.json")], check=True, capture_output=True, timeout=60)
         logical = f"52000000000000{i:02d}"
-        save_new(CPUCard.issue(logical, core.master_load_key, core.master_tac_key), data / "cards")
+        card = CPUCard.issue(logical, core.master_load_key, core.master_tac_key)
+        save_new(card, data / "cards")
+        subprocess.run([admin, "--data-dir", str(daemon.data_dir), "card", "register", "--kind",
+                        "cpu", "--logical", logical, "--physical", card.uid], check=True,
+                       capture_output=True, timeout=60)
         terminals.append(Terminal(data, "127.0.0.1", daemon.flows_port, daemon.http_url, 15.0,
                                   user.encode(), CardKeyFile.load(data / "key.json"), 7, logical,
                                   out=io.StringIO()))

@@ -13,7 +13,16 @@ ledger as the daemon (and may run while the daemon runs: every change is one tra
     merchant list
     merchant disable ID
     voucher issue --product P --value FEN --count N    (prints numbers and passwords once)
-    check                            the journal balances and every load agrees with it
+    card register --kind cpu|m1 --logical NO --physical HEX
+                                     enter an issued card in the registry (only these take
+                                     orders); card show NO
+    check                            the journal balances and every load agrees with it; then
+                                     the money at risk (loads in doubt, payments without an
+                                     order, orders unloaded for a day), which is no error
+    load resolve ORDER --settle|--reverse --reason TEXT [--operator NAME]
+                                     an operator's audited decision on a load in doubt
+    payment refund PLATFORM:BIZ_SERIAL_NO --reason TEXT [--operator NAME]
+                                     refund a payment that has no order (audited)
     reconcile --date YYYYMMDD [--platform N] [--csv FILE]
                                      the day's loads by biz_serial_no, with totals
     plugin-cache                     regenerate Twisted's plugin cache (dropin.cache)
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import getpass
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +48,18 @@ from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.schema import migrate
 from lnt.backends.vouchers import VoucherIssuer
-from lnt.records import CHINA, AlreadyExists, PKICard
+from lnt.domain.loads import Verdict
+from lnt.logs import mask_card
+from lnt.records import (
+    CHINA,
+    AlreadyExists,
+    CardKind,
+    Conflict,
+    IssuedCard,
+    LoadState,
+    NotFound,
+    PKICard,
+)
 
 
 class Refused(Exception):
@@ -216,11 +237,67 @@ class Admin:
         print(f"{'(sum of all accounts)':<28} {total:>14}")
         if total != 0:
             problems.append(f"accounts sum to {total}, not 0")
+        now = int(time.time() * 1000)
+        risks = result_of(ledger.money_at_risk(now))
+        if risks:
+            print(f"money at risk: {len(risks)} items, {sum(r.amount for r in risks)} fen "
+                  "(reported, not an inconsistency)")
+            for r in risks:
+                age = _age(now - r.since_ms)
+                print(f"  {r.what:<22} {r.reference:<32} {r.amount:>9} fen  {age:>8}  {r.note}")
         if problems:
             for p in problems:
                 print(f"PROBLEM: {p}")
             raise Refused(f"{len(problems)} problems")
-        print("ok: every entry balances and every order agrees with its load and entries")
+        print("ok: every entry balances and every order agrees with its load and entries"
+              + (f"; {len(risks)} items of money at risk listed above" if risks else ""))
+
+    def card_register(self, args: argparse.Namespace) -> None:
+        if not (len(args.logical) == 16 and args.logical.isdigit()):
+            raise Refused("--logical must be the card's 16-digit logical number")
+        try:
+            physical = bytes.fromhex(args.physical)
+        except ValueError:
+            physical = b""
+        if not 4 <= len(physical) <= 8:
+            raise Refused("--physical must be the card's UID, 8 to 16 hex digits")
+        card = IssuedCard(args.logical, CardKind(args.kind), physical.rjust(8, b"\x00").hex())
+        try:
+            added = result_of(self.ledger().register_card(card, int(time.time() * 1000)))
+        except Conflict as e:
+            raise Refused(str(e)) from None
+        print(f"card {mask_card(args.logical)} ({args.kind}) "
+              + ("entered in the registry" if added else "was in the registry already"))
+
+    def card_show(self, args: argparse.Namespace) -> None:
+        card = result_of(self.ledger().card(args.logical))
+        if card is None:
+            raise Refused("no such card in the registry")
+        print(f"card {mask_card(card.logical_no)}: {card.kind.value}, {card.state.value}")
+
+    def load_resolve(self, args: argparse.Namespace) -> None:
+        verdict = Verdict.SETTLE if args.settle else Verdict.REVERSE
+        ledger = self.ledger()
+        try:
+            load = result_of(ledger.resolve_load(args.order, verdict, args.reason,
+                                                 args.operator, int(time.time() * 1000)))
+        except (Conflict, NotFound) as e:
+            raise Refused(str(e)) from None
+        what = "settled (loaded)" if load.state is LoadState.LOADED else "reversed"
+        print(f"order {load.order_no}: {load.amount} fen {what} by {args.operator}: "
+              f"{args.reason.strip()}")
+
+    def payment_refund(self, args: argparse.Namespace) -> None:
+        platform, sep, biz = args.payment.partition(":")
+        if not sep or not platform.isdigit() or not biz:
+            raise Refused("the payment is PLATFORM:BIZ_SERIAL_NO, as check lists it")
+        try:
+            payment = result_of(self.ledger().refund_payment(
+                int(platform), biz, args.reason, args.operator, int(time.time() * 1000)))
+        except (Conflict, NotFound) as e:
+            raise Refused(str(e)) from None
+        print(f"payment {args.payment}: {payment.money} fen refunded by {args.operator}: "
+              f"{args.reason.strip()}")
 
     def reconcile(self, args: argparse.Namespace) -> None:
         try:
@@ -254,6 +331,22 @@ class Admin:
         found = sorted({str(getattr(p, "name", None) or getattr(p, "tapname", "?"))
                         for p in getPlugins(IPlugin, twisted.plugins)})
         print(f"plugin cache regenerated; {len(found)} plugins")
+
+
+def _age(ms: int) -> str:
+    seconds = max(0, ms // 1000)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86_400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86_400}d{seconds % 86_400 // 3600:02d}h"
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,8 +400,36 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--count", type=int, default=1)
     vis.set_defaults(run=Admin.voucher_issue)
 
-    sub.add_parser("check", help="verify the journal and every load; exit 0 only if all agree"
-                   ).set_defaults(run=Admin.check)
+    cards = sub.add_parser("card", help="the registry of issued transit cards")
+    cs = cards.add_subparsers(dest="action", required=True)
+    creg = cs.add_parser("register", help="enter an issued card (only these take orders)")
+    creg.add_argument("--kind", choices=["cpu", "m1"], required=True)
+    creg.add_argument("--logical", required=True, help="16-digit logical card number")
+    creg.add_argument("--physical", required=True, help="the card's UID (hex)")
+    creg.set_defaults(run=Admin.card_register)
+    cshow = cs.add_parser("show", help="a card's kind and state")
+    cshow.add_argument("logical")
+    cshow.set_defaults(run=Admin.card_show)
+
+    sub.add_parser("check", help="verify the journal and every load, then list the money at "
+                   "risk; exit 0 unless something disagrees").set_defaults(run=Admin.check)
+    load = sub.add_parser("load", help="loads of orders onto cards")
+    ls = load.add_subparsers(dest="action", required=True)
+    res = ls.add_parser("resolve", help="settle or reverse a load in doubt (audited)")
+    res.add_argument("order", help="the 20-digit order number")
+    way = res.add_mutually_exclusive_group(required=True)
+    way.add_argument("--settle", action="store_true", help="the card got the load")
+    way.add_argument("--reverse", action="store_true", help="the card did not get it")
+    res.add_argument("--reason", required=True, help="why (stored with the decision)")
+    res.add_argument("--operator", default=_operator(), help="who decides [login name]")
+    res.set_defaults(run=Admin.load_resolve)
+    pay = sub.add_parser("payment", help="third parties' payments")
+    ps = pay.add_subparsers(dest="action", required=True)
+    ref = ps.add_parser("refund", help="refund a payment without an order (audited)")
+    ref.add_argument("payment", help="PLATFORM:BIZ_SERIAL_NO")
+    ref.add_argument("--reason", required=True, help="why (stored with the decision)")
+    ref.add_argument("--operator", default=_operator(), help="who decides [login name]")
+    ref.set_defaults(run=Admin.payment_refund)
     rec = sub.add_parser("reconcile", help="the day's loads by biz_serial_no, with totals")
     rec.add_argument("--date", required=True, help="YYYYMMDD, China time")
     rec.add_argument("--platform", type=int, help="only this platform")

@@ -27,8 +27,8 @@ from lnt.backends.ledger import SQLLedger
 from lnt.backends.pki import LedgerPKI
 from lnt.backends.vouchers import VoucherIssuer
 from lnt.logs import mask_card
-from lnt.records import PKICard, Platform
-from lnt.sim.cards import PURSE_SECTOR, Card, CPUCard, M1Card, save_new
+from lnt.records import CardKind, Conflict, IssuedCard, PKICard, Platform
+from lnt.sim.cards import PURSE_SECTOR, Card, CPUCard, M1Card, load_card, save_new
 
 log = Logger()
 
@@ -65,9 +65,9 @@ def provision(data_dir: Path, dsn: DSN, keys: PlatformKeys, core: CoreKeys) -> d
         demo.setdefault("merchant", None)
         if not demo["merchant"]:
             demo["merchant"], demo["vouchers"] = _merchant(db, keys)
+        demo["cards"] = _cards(data_dir, core, SQLLedger(db, keys.sealer()))
     finally:
         db.close()
-    demo["cards"] = _cards(data_dir, core)
     _write(data_dir, demo)
     return demo
 
@@ -95,14 +95,19 @@ def _merchant(db: SyncDatabase, keys: PlatformKeys
               "productCode": v.product_code, "faceValue": v.face_value} for v in vouchers])
 
 
-def _cards(data_dir: Path, core: CoreKeys) -> list[dict[str, Any]]:
-    """The virtual cards a terminal's reader can present, issued with the core module's keys."""
+def _cards(data_dir: Path, core: CoreKeys, ledger: SQLLedger) -> list[dict[str, Any]]:
+    """
+    The virtual cards a terminal's reader can present, issued with the core module's keys and
+    entered in the platform's card registry (only issued cards take orders).
+    """
     cards_dir = data_dir / "cards"
     listed = []
     for kind, logical_no, balance in DEMO_CARDS:
         path = cards_dir / f"{logical_no}.json"
-        if not path.exists():
-            card: Card
+        card: Card
+        if path.exists():
+            card = load_card(path)
+        else:
             if kind == "cpu":
                 card = CPUCard.issue(logical_no, core.master_load_key, core.master_tac_key,
                                      balance)
@@ -113,6 +118,15 @@ def _cards(data_dir: Path, core: CoreKeys) -> list[dict[str, Any]]:
                     physical, PURSE_SECTOR)}, balance)
             save_new(card, cards_dir)
             log.info("demo: issued virtual {kind} card {no}", kind=kind, no=mask_card(logical_no))
+        issued = IssuedCard(logical_no, CardKind(kind), card.physical.hex())
+        try:
+            if result_of(ledger.register_card(issued, int(time.time() * 1000))):
+                log.info("demo: card {no} entered in the card registry",
+                         no=mask_card(logical_no))
+        except Conflict:
+            # a shared ledger where another data dir issued its own demo card first
+            log.warn("demo: card {no} is in the registry as another card: this data dir's "
+                     "virtual card takes no orders", no=mask_card(logical_no))
         listed.append({"kind": kind, "logical_no": logical_no, "file": f"cards/{path.name}"})
     return listed
 

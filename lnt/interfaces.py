@@ -20,11 +20,14 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IProtocol
 
+    from lnt.domain.loads import Verdict
     from lnt.flows.base import FlowContext
     from lnt.records import (
+        AtRisk,
         CardIdentity,
         Consignment,
         CPULoad,
+        IssuedCard,
         Load,
         Merchant,
         Notification,
@@ -290,8 +293,12 @@ class ILedger(Interface):
         Record a load as pending and mark its order pending, in one transaction: durable before
         MAC2 (or the M1 write) may leave. Errbacks with L{lnt.records.Conflict} when the order
         is not waiting for a load (used, or taken by another terminal) or is for another
-        card or amount, L{lnt.records.NotFound} without such an order.
+        card or amount, or when the card has another load in doubt (at most one per card);
+        L{lnt.records.NotFound} without such an order.
         """
+
+    def pending_load(logical_no: str) -> Deferred[Load | None]:
+        """The card's load in doubt (pending), if it has one: there is at most one."""
 
     def load(order_no: str) -> Deferred[Load | None]:
         """The order's load, if one was begun."""
@@ -320,6 +327,47 @@ class ILedger(Interface):
 
     def deposit_flag(logical_no: str) -> Deferred[int | None]:
         """The card's deposit flag as last recorded, if ever."""
+
+    def register_card(card: IssuedCard, now_ms: int) -> Deferred[bool]:
+        """
+        Add an issued card to the registry (False: it was there). Errbacks with Conflict when
+        its logical number was issued as another card.
+        """
+
+    def card(logical_no: str) -> Deferred[IssuedCard | None]:
+        """The issued card with this logical number, if any."""
+
+    def note_payment_refusal(platform_no: int, biz_serial_no: str, pki_no: int, reason: str,
+                             now_ms: int) -> Deferred[bool]:
+        """
+        Attach why an order was refused to the terminal's payment that has no order yet, so
+        that the money it holds is never silently parked (C{money_at_risk} shows it).
+        """
+
+    def money_at_risk(now_ms: int) -> Deferred[list[AtRisk]]:
+        """
+        Money held without a final answer: loads in doubt, payments without an order, orders
+        paid but not loaded for more than a day. Reported, not an inconsistency.
+        """
+
+    def resolve_load(order_no: str, verdict: Verdict, reason: str, operator: str,
+                     now_ms: int) -> Deferred[Load]:
+        """
+        An operator settles or reverses a load in doubt; the decision, its reason and who took
+        it are stored with it in one transaction. Errbacks with Conflict when the load is not
+        in doubt or the reason is empty, NotFound without such a load.
+        """
+
+    def refund_payment(platform_no: int, biz_serial_no: str, reason: str, operator: str,
+                       now_ms: int) -> Deferred[Payment]:
+        """
+        An operator refunds a payment that has no order (journal: awaiting load -> the payer),
+        audited like L{resolve_load}. Conflict when it has an order or was refunded already.
+        """
+
+    def decisions(reference: str) -> Deferred[list[tuple[str, str, str, str, int]]]:
+        """The operators' decisions about an order or payment: (kind, decision, reason,
+        operator, at_ms), oldest first."""
 
     def check() -> Deferred[list[str]]:
         """Every inconsistency between the journal, orders and loads; [] when all agree."""

@@ -9,6 +9,7 @@ travels inside (the stage's info size less the secure-messaging overhead).
 
 from __future__ import annotations
 
+import binascii
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -226,25 +227,60 @@ class InitAnswer:
 M1_PURSE_SECTOR = 2
 M1_PURSE_BLOCK = 8
 M1_BACKUP_BLOCK = 9
+#: the purse sector's third data block: the record of the last load, written before the value
+M1_RECORD_BLOCK = 10
 
 
-def m1_read(sector: int, key: bytes, block: int, backup: int) -> bytes:
-    """DD16 (M1) and DD20 (M1): sector (1) | key A (6) | block (1) | backup block (1)."""
-    return bytes((sector,)) + key + bytes((block, backup))
+def m1_read(sector: int, key: bytes, block: int, backup: int, record: int) -> bytes:
+    """DD16 (M1) and DD20 (M1): sector (1) | key A (6) | block (1) | backup block (1) |
+    load record block (1)."""
+    return bytes((sector,)) + key + bytes((block, backup, record))
 
 
-def m1_blocks_answer(status: int, block: bytes, backup: bytes) -> bytes:
-    """DD17 (M1) and DD21 (M1): status (1) | block (16) | backup (16)."""
-    return bytes((status,)) + block + backup
+def m1_blocks_answer(status: int, block: bytes, backup: bytes, record: bytes) -> bytes:
+    """DD17 (M1) and DD21 (M1): status (1) | block (16) | backup (16) | load record (16)."""
+    return bytes((status,)) + block + backup + record
+
+
+@dataclass(frozen=True)
+class LoadRecord:
+    """
+    An M1 purse's load record (block 10): order number (10, BCD) | purse value after the load
+    (4, signed big-endian) | check (2, CRC-16/XMODEM over the first 14 bytes). The reader writes
+    it before the value blocks, so a read-back can name the load it sees: the value alone
+    cannot tell two loads of one amount apart (docs/protocol.rst, "M1 load record").
+    """
+
+    order_no: str
+    value: int
+
+    def encode(self) -> bytes:
+        body = encode_bcd(self.order_no, 10) + struct.pack(">i", self.value)
+        return body + struct.pack(">H", binascii.crc_hqx(body, 0))
+
+    @classmethod
+    def decode(cls, block: bytes) -> LoadRecord | None:
+        """The record in a block, or C{None} when the block is blank, damaged or no record."""
+        if len(block) != 16 or block == bytes(16):
+            return None
+        if struct.unpack(">H", block[14:16])[0] != binascii.crc_hqx(block[:14], 0):
+            return None
+        try:
+            order_no = decode_bcd(block[:10])
+        except ValueError:
+            return None
+        return cls(order_no, struct.unpack(">i", block[10:14])[0])
 
 
 @dataclass(frozen=True)
 class M1Load:
     """
     DD18 (M1) plaintext: sector (1) | key A (6) | block (1) | backup (1) | expected value (4,
-    signed) | new value block (16) | expires (7, BCD reader time) | order number (10, BCD).
-    The reader writes only while the purse still holds the expected value and the command has
-    not expired: a retried or late write can never add the amount twice.
+    signed) | new value block (16) | expires (7, BCD reader time) | order number (10, BCD) |
+    record block (1) | load record (16). The reader writes only while the purse still holds the
+    expected value, the command has not expired and the record block does not name this order
+    already: a retried or late write can never add the amount twice. It writes the load record
+    first, then the value block, then its backup.
     """
 
     sector: int
@@ -255,17 +291,22 @@ class M1Load:
     new_block: bytes
     expires: str
     order_no: str
+    record_block: int
+    record: bytes
 
     def encode(self) -> bytes:
         return (bytes((self.sector,)) + self.key + bytes((self.block, self.backup))
                 + struct.pack(">i", self.expected) + self.new_block + _bcd_time(self.expires)
-                + encode_bcd(self.order_no, 10))
+                + encode_bcd(self.order_no, 10) + bytes((self.record_block,)) + self.record)
 
     @classmethod
     def decode(cls, data: bytes) -> M1Load:
         try:
+            if len(data) < 63:
+                raise ValueError("short")
             return cls(data[0], data[1:7], data[7], data[8], struct.unpack(">i", data[9:13])[0],
-                       data[13:29], decode_bcd(data[29:36]), decode_bcd(data[36:46]))
+                       data[13:29], decode_bcd(data[29:36]), decode_bcd(data[36:46]), data[46],
+                       data[47:63])
         except (ValueError, struct.error, IndexError):
             raise LayoutError("M1 load does not parse") from None
 

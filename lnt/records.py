@@ -64,6 +64,42 @@ class Conflict(Exception):
     """An idempotency key (biz_serial_no, orderId) reused with different fields."""
 
 
+class CardState(StrEnum):
+    ACTIVE = "active"
+    #: its deposit was refunded (DD73/DD74 close): it takes no load until opened again
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """A transit card the platform knows it issued: only these take orders."""
+
+    logical_no: str
+    kind: CardKind
+    #: 16 hex digits (M1: the 4-byte UID left-padded with zero bytes)
+    physical_no: str
+    state: CardState = CardState.ACTIVE
+
+
+class CardRefused(Exception):
+    """The card cannot take this order (unknown, closed, another card, over its limit)."""
+
+
+@dataclass(frozen=True)
+class AtRisk:
+    """
+    Money the platform holds without a final answer: a load in doubt, a payment without an
+    order, an order paid but not loaded for long. Reported, not an inconsistency.
+    """
+
+    #: "load in doubt", "payment without order" or "order not loaded"
+    what: str
+    reference: str
+    amount: int
+    since_ms: int
+    note: str
+
+
 class NotFound(Exception):
     """What the request refers to does not exist."""
 

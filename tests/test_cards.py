@@ -13,7 +13,7 @@ from lnt import cardscript, pboc
 from lnt.backends.core import CoreKeys, FileCoreModule
 from lnt.backends.database import result_of
 from lnt.cardscript import IDENTIFY, Answer, ScriptError, Step, identify
-from lnt.recharge import parse_value_block, value_block
+from lnt.recharge import LoadRecord, parse_value_block, value_block
 from lnt.records import CPU_BALANCE_LIMIT, CardKind, CPULoad, MACError
 from lnt.sim.cards import (
     CPUCard,
@@ -176,3 +176,31 @@ def test_script_that_loops_is_stopped() -> None:
     loop = (Step(1, b"\x00\x00\x00\x00", b"\x90\x00", 1, 1),)
     with pytest.raises(ScriptError, match="does not end"):
         cardscript.run(loop, lambda apdu: b"\x90\x00")
+
+
+def test_m1_load_record_vector() -> None:
+    # CRC-16/XMODEM's catalogue check value, then the documented record (docs/protocol.rst)
+    import binascii
+
+    assert binascii.crc_hqx(b"123456789", 0) == 0x31C3
+    record = LoadRecord("20261125000000000042", 550)
+    assert record.encode().hex() == "20261125000000000042" "00000226" "5fb0"
+    assert value_block(550, 8).hex() == "26020000" "d9fdffff" "26020000" "08f708f7"
+    assert LoadRecord.decode(record.encode()) == record
+    assert LoadRecord.decode(bytes(16)) is None  # a blank block is no record
+    damaged = bytearray(record.encode())
+    damaged[12] ^= 0x01
+    assert LoadRecord.decode(bytes(damaged)) is None
+
+
+@given(st.text("0123456789", min_size=19, max_size=19), st.integers(-(2**31), 2**31 - 1),
+       st.integers(0, 15), st.integers(0, 7))
+def test_property_load_record_round_trip_and_damage(digits: str, value: int, byte: int,
+                                                    bit: int) -> None:
+    order_no = "2" + digits  # order numbers start with their year
+    encoded = LoadRecord(order_no, value).encode()
+    assert LoadRecord.decode(encoded) == LoadRecord(order_no, value)
+    flipped = bytearray(encoded)
+    flipped[byte] ^= 1 << bit
+    # any single-bit error is caught by the CRC (or the record is blank)
+    assert LoadRecord.decode(bytes(flipped)) is None

@@ -111,26 +111,47 @@ def test_daemon_killed_while_the_outcome_is_in_doubt(daemon: Daemon, where: str,
     again = tool("lnt-terminal", "resume", "--order", order, "--card", card, data=data)
     assert again.returncode == resumed.returncode
     if where == "after-credit":
-        assert "DD22 <- end 00 (success)" in again.stdout and "DD12" not in again.stdout
+        # the card on the reader is checked (DD12/DD13), then the record again
+        assert "DD22 <- end 00 (success)" in again.stdout and "DD20" not in again.stdout
     else:
         assert "DD12: A5 (reversal succeeded)" in again.stderr
     assert balance(data, card) == before + (300 if where == "after-credit" else 0)
     check(data)
 
 
+def second_terminal(data: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """Another terminal (its own PKI card and data directory), the same virtual cards."""
+    other = tmp_path / "t2"
+    other.mkdir()
+    # the same card directory: a card saves by renaming a new file over the old one
+    os.symlink(data / "cards", other / "cards")
+    reg = tool("lnt-admin", "terminal", "register", "--pki", "4711", "--user-id",
+               "TERMINAL-0004711", "--generate", str(other / "key.json"), data=data)
+    assert reg.returncode == 0, reg.stderr
+    (other / "listening.json").write_text((data / "listening.json").read_text())
+    return other, ["--key-file", str(other / "key.json")]
+
+
 def test_m1_lost_before_the_write_is_undecided_within_the_window(tmp_path: Path) -> None:
-    """An M1 write that may still be executed by the first reader is not ruled out early (the
-    reversal after the window is tested on a Clock in test_recharge.py)."""
+    """An M1 write that may still be executed by the reader that got it is not ruled out early
+    by another terminal; the terminal that got it rules it out at once (the reversal after the
+    window is tested on a Clock in test_recharge.py)."""
     d = Daemon(tmp_path / "data", ["--flow-deadline", "2"]).start()
     try:
         data = d.data_dir
         out = tool("lnt-terminal", "recharge", "--amount", "100", "--card", M1, "--interrupt",
                    "before-credit", data=data)
         order = order_of(out.stdout)
-        early = tool("lnt-terminal", "resume", "--order", order, "--card", M1, data=data)
+        other, key = second_terminal(data, tmp_path)
+        early = tool("lnt-terminal", *key, "resume", "--order", order, "--amount", "100",
+                     "--card", M1, data=other)
         assert early.returncode == 1 and "A4 (reversal failed)" in early.stderr
         assert balance(data, M1) == 500
         check(data)
+        own = tool("lnt-terminal", "resume", "--order", order, "--card", M1, data=data)
+        assert own.returncode == 1 and "A5 (reversal succeeded)" in own.stderr
+        assert balance(data, M1) == 500
+        assert "orders:reversed" in check(data)
     finally:
         d.stop()
 
@@ -140,16 +161,7 @@ def test_two_terminals_race_for_one_order(daemon: Daemon, tmp_path: Path) -> Non
     out = tool("lnt-terminal", "order", "--amount", "400", data=data)
     assert out.returncode == 0, out.stdout + out.stderr
     order = order_of(out.stdout)
-    # a second terminal, with its own PKI card and data directory, the same card on its reader
-    other = tmp_path / "t2"
-    other.mkdir()
-    # the same card directory: a card saves by renaming a new file over the old one
-    os.symlink(data / "cards", other / "cards")
-    reg = tool("lnt-admin", "terminal", "register", "--pki", "4711", "--user-id",
-               "TERMINAL-0004711", "--generate", str(other / "key.json"), data=data)
-    assert reg.returncode == 0, reg.stderr
-    listening = json.loads((data / "listening.json").read_text())
-    (other / "listening.json").write_text(json.dumps(listening))
+    other, _ = second_terminal(data, tmp_path)
     before = balance(data, CPU)
     terminal = str(Path(sys.executable).with_name("lnt-terminal"))
     procs = [subprocess.Popen([terminal, "--data-dir", str(d), *extra, "resume", "--order",
@@ -169,7 +181,9 @@ def test_open_close_card(daemon: Daemon) -> None:
     out = tool("lnt-terminal", "card", "close", data=data)
     assert out.returncode == 0 and "closed: deposit flag 02" in out.stdout, out.stderr
     refused = tool("lnt-terminal", "recharge", "--amount", "100", data=data)
-    assert refused.returncode == 1 and "EE" in refused.stderr
+    # refused when the order is made, before any load: the payment is listed, not parked
+    assert refused.returncode == 1 and "the card is closed" in refused.stderr
+    assert "payment without order" in tool("lnt-admin", "check", data=data).stdout
     assert tool("lnt-terminal", "card", "open", data=data).returncode == 0
     assert tool("lnt-terminal", "recharge", "--amount", "100", data=data).returncode == 0
     assert "card-deposit: close recorded" in daemon.log()

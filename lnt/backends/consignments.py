@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from lnt.backends.cards import issued_card
 from lnt.backends.database import Cursor, Transactor
 from lnt.backends.journal import (
     ACCOUNT_AWAITING_LOAD,
@@ -26,12 +27,14 @@ from lnt.backends.journal import (
 )
 from lnt.backends.keys import Sealer
 from lnt.consign import make_sign
+from lnt.domain.cards import card_refusal
 from lnt.interfaces import IConsignments
 from lnt.records import (
     CHINA,
     AlreadyExists,
     BatchFull,
     CardKind,
+    CardRefused,
     Conflict,
     Consignment,
     ConsignmentState,
@@ -314,6 +317,12 @@ class SQLConsignments:
                 if (str(row[1]), int(row[2])) != (logical_no, amount):
                     raise Conflict(f"orderId {order_id} was used for another top-up")
                 return _topup_order(row, biz), False
+            # the card is checked before the merchant is debited: a top-up for a card that
+            # cannot take it would be money taken for a load that never happens
+            issued = issued_card(cur, logical_no)
+            refusal = card_refusal(issued, amount=amount)
+            if refusal is not None or issued is None:
+                raise CardRefused(refusal or "unknown card")
             balance = cur.execute("SELECT COALESCE(SUM(amount), 0) FROM postings WHERE"
                                   " account = ?", (account_merchant(customer_id),)).fetchone()
             available = -int(balance[0]) if balance else 0
@@ -329,16 +338,17 @@ class SQLConsignments:
             assert seq is not None
             day = datetime.fromtimestamp(now_ms / 1000, CHINA).strftime("%Y%m%d")
             order_no = f"{day}{int(seq[0]):012d}"
-            # not bound to a physical card yet: the first load binds it
+            # bound to the card as issued: kind and physical number from the registry
             cur.execute("INSERT INTO orders (order_no, platform_no, biz_serial_no, pki_no,"
                         " card_kind, logical_no, physical_no, amount, state, created_ms,"
-                        " updated_ms) VALUES (?, ?, ?, 0, 'cpu', ?, '', ?, 'created', ?, ?)",
-                        (order_no, TOPUP_PLATFORM, biz, logical_no, amount, now_ms, now_ms))
+                        " updated_ms) VALUES (?, ?, ?, 0, ?, ?, ?, ?, 'created', ?, ?)",
+                        (order_no, TOPUP_PLATFORM, biz, issued.kind.value, logical_no,
+                         issued.physical_no, amount, now_ms, now_ms))
             cur.execute("INSERT INTO topups (order_no, customer_id, order_id, notify_url, custom)"
                         " VALUES (?, ?, ?, ?, ?)",
                         (order_no, customer_id, order_id, notify_url, custom))
-            return Order(order_no, TOPUP_PLATFORM, biz, 0, CardKind.CPU, logical_no, "",
-                         amount, OrderState.CREATED, now_ms, now_ms), True
+            return Order(order_no, TOPUP_PLATFORM, biz, 0, issued.kind, logical_no,
+                         issued.physical_no, amount, OrderState.CREATED, now_ms, now_ms), True
 
         return self.db.runInteraction("top-up", txn)
 

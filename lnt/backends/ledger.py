@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from lnt.backends.cards import issued_card
 from lnt.backends.consignments import notify_topup
 from lnt.backends.database import Cursor, Transactor
 from lnt.backends.journal import (
@@ -28,12 +29,18 @@ from lnt.backends.journal import (
 )
 from lnt.backends.keys import Sealer
 from lnt.backends.schema import current_version
+from lnt.domain.cards import card_refusal
+from lnt.domain.loads import STALE_ORDER_MS, IllegalMove, Verdict, operator_decision
 from lnt.interfaces import ILedger
 from lnt.records import (
     CHINA,
+    AtRisk,
     CardIdentity,
     CardKind,
+    CardRefused,
+    CardState,
     Conflict,
+    IssuedCard,
     Load,
     LoadState,
     NotFound,
@@ -257,6 +264,12 @@ class SQLLedger:
                     raise Conflict(f"biz_serial_no {biz_serial_no} already has an order for "
                                    "another card")
                 return order, False
+            if payment_refunded(cur, platform_no, biz_serial_no):
+                raise Conflict(f"the payment under biz_serial_no {biz_serial_no} was refunded")
+            refusal = card_refusal(issued_card(cur, card.logical_no), card.kind,
+                                   card.physical_no, card.balance, amount)
+            if refusal is not None:
+                raise CardRefused(refusal)
             seq = cur.execute("INSERT INTO order_numbers (created_ms) VALUES (?) RETURNING seq",
                               (now_ms,)).fetchone()
             assert seq is not None
@@ -317,6 +330,12 @@ class SQLLedger:
 
         return self.db.runInteraction("reserve_sm_seq", txn)
 
+    def pending_load(self, logical_no: str) -> Deferred[Load | None]:
+        def txn(cur: Cursor) -> Load | None:
+            return _pending_load(cur, logical_no)
+
+        return self.db.runInteraction("pending_load", txn)
+
     def begin_load(self, load: Load) -> Deferred[Load]:
         def txn(cur: Cursor) -> Load:
             row = cur.execute("SELECT state, logical_no, amount FROM orders WHERE order_no = ?",
@@ -325,6 +344,12 @@ class SQLLedger:
                 raise NotFound(f"no order {load.order_no}")
             if (row[1], int(row[2])) != (load.logical_no, load.amount):
                 raise Conflict(f"order {load.order_no} is for another card or amount")
+            # At most one load per card in doubt (PostgreSQL's SERIALIZABLE makes two daemons
+            # beginning loads on one card at once conflict; SQLite has one writer).
+            earlier = _pending_load(cur, load.logical_no)
+            if earlier is not None:
+                raise Conflict(f"the card has a load in doubt (order {earlier.order_no}): it is "
+                               "resolved first")
             cur.execute("UPDATE orders SET state = ?, updated_ms = ? WHERE order_no = ? AND"
                         " state = ?", (OrderState.PENDING.value, load.created_ms, load.order_no,
                                        OrderState.CREATED.value))
@@ -352,30 +377,7 @@ class SQLLedger:
     def _finish_load(self, order_no: str, state: LoadState, tac: str | None,
                      new_balance: int | None, now_ms: int) -> Deferred[Load]:
         def txn(cur: Cursor) -> Load:
-            row = cur.execute(f"SELECT {_LOAD} FROM loads WHERE order_no = ?",
-                              (order_no,)).fetchone()
-            if row is None:
-                raise NotFound(f"no load of order {order_no}")
-            current = _load(row)
-            if current.state is state:
-                return current  # said twice: the first one counts
-            if current.state is not LoadState.PENDING:
-                raise Conflict(f"load of order {order_no} is {current.state.value} already")
-            cur.execute("UPDATE loads SET state = ?, tac = ?, new_balance = ?, updated_ms = ?"
-                        " WHERE order_no = ? AND state = 'pending'",
-                        (state.value, tac, new_balance, now_ms, order_no))
-            if cur.rowcount != 1:  # pragma: no cover - serialised by the transaction
-                raise Conflict(f"load of order {order_no} changed meanwhile")
-            order_state = OrderState.LOADED if state is LoadState.LOADED else OrderState.REVERSED
-            cur.execute("UPDATE orders SET state = ?, updated_ms = ? WHERE order_no = ?",
-                        (order_state.value, now_ms, order_no))
-            other = ACCOUNT_CARD_FLOAT if state is LoadState.LOADED else ACCOUNT_REVERSED
-            post(cur, "load" if state is LoadState.LOADED else "reversal", order_no, now_ms,
-                 [(ACCOUNT_AWAITING_LOAD, current.amount), (other, -current.amount)])
-            notify_topup(cur, self._sealer, order_no, state is LoadState.LOADED,
-                         current.amount, now_ms)
-            return Load(**{**current.__dict__, "state": state, "tac": tac,
-                           "new_balance": new_balance, "updated_ms": now_ms})
+            return _finish(cur, self._sealer, order_no, state, tac, new_balance, now_ms)
 
         return self.db.runInteraction(f"{state.value} load", txn)
 
@@ -403,6 +405,10 @@ class SQLLedger:
                               " at_ms) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                               (logical_no, physical_no, op, flag, pki_no, now_ms)).fetchone()
             assert row is not None
+            # the registry follows the card: a closed card takes no order (flag 02 = closed)
+            state = CardState.CLOSED if flag == 0x02 else CardState.ACTIVE
+            cur.execute("UPDATE cards SET state = ?, updated_ms = ? WHERE logical_no = ?",
+                        (state.value, now_ms, logical_no))
             return int(row[0])
 
         return self.db.runInteraction("record_deposit", txn)
@@ -414,6 +420,124 @@ class SQLLedger:
             return None if row is None else int(row[0])
 
         return self.db.runInteraction("deposit_flag", txn)
+
+    # -- the card registry --------------------------------------------------------------------
+
+    def register_card(self, card: IssuedCard, now_ms: int) -> Deferred[bool]:
+        def txn(cur: Cursor) -> bool:
+            known = issued_card(cur, card.logical_no)
+            if known is not None:
+                if (known.kind, known.physical_no) != (card.kind, card.physical_no):
+                    raise Conflict("a card with this logical number was issued already, as "
+                                   "another card")
+                return False
+            cur.execute("INSERT INTO cards (logical_no, card_kind, physical_no, state,"
+                        " created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                        (card.logical_no, card.kind.value, card.physical_no.lower(),
+                         card.state.value, now_ms, now_ms))
+            return True
+
+        return self.db.runInteraction("register_card", txn)
+
+    def card(self, logical_no: str) -> Deferred[IssuedCard | None]:
+        def txn(cur: Cursor) -> IssuedCard | None:
+            return issued_card(cur, logical_no)
+
+        return self.db.runInteraction("card", txn)
+
+    # -- money at risk and operators' decisions ---------------------------------------------
+
+    def note_payment_refusal(self, platform_no: int, biz_serial_no: str, pki_no: int,
+                             reason: str, now_ms: int) -> Deferred[bool]:
+        def txn(cur: Cursor) -> bool:
+            cur.execute("UPDATE payments SET refusal = ?, refused_ms = ? WHERE platform_no = ?"
+                        " AND biz_serial_no = ? AND pki_no = ? AND refunded_ms IS NULL AND NOT"
+                        " EXISTS (SELECT 1 FROM orders o WHERE o.platform_no ="
+                        " payments.platform_no AND o.biz_serial_no = payments.biz_serial_no)",
+                        (reason[:500], now_ms, platform_no, biz_serial_no, pki_no))
+            return cur.rowcount == 1
+
+        return self.db.runInteraction("note_payment_refusal", txn)
+
+    def money_at_risk(self, now_ms: int) -> Deferred[list[AtRisk]]:
+        def txn(cur: Cursor) -> list[AtRisk]:
+            out = []
+            for row in cur.execute(f"SELECT {_LOAD} FROM loads WHERE state = 'pending'"
+                                   " ORDER BY created_ms").fetchall():
+                load = _load(row)
+                out.append(AtRisk("load in doubt", load.order_no, load.amount, load.created_ms,
+                                  f"{load.card_kind.value} card, terminal PKI {load.pki_no}"))
+            for platform, biz, money, created, refusal in cur.execute(
+                    "SELECT p.platform_no, p.biz_serial_no, p.money, p.created_ms, p.refusal"
+                    " FROM payments p WHERE p.refunded_ms IS NULL AND NOT EXISTS (SELECT 1"
+                    " FROM orders o WHERE o.platform_no = p.platform_no AND o.biz_serial_no ="
+                    " p.biz_serial_no) ORDER BY p.created_ms").fetchall():
+                out.append(AtRisk("payment without order", f"{platform}:{biz}", int(money),
+                                  int(created), f"refused: {refusal}" if refusal else
+                                  "no order made yet"))
+            for order_no, amount, created in cur.execute(
+                    "SELECT order_no, amount, created_ms FROM orders WHERE state = 'created'"
+                    " AND created_ms < ? ORDER BY created_ms",
+                    (now_ms - STALE_ORDER_MS,)).fetchall():
+                out.append(AtRisk("order not loaded", str(order_no), int(amount), int(created),
+                                  "paid, no load for more than a day"))
+            return out
+
+        return self.db.runInteraction("money_at_risk", txn)
+
+    def resolve_load(self, order_no: str, verdict: Verdict, reason: str, operator: str,
+                     now_ms: int) -> Deferred[Load]:
+        def txn(cur: Cursor) -> Load:
+            row = cur.execute(f"SELECT {_LOAD} FROM loads WHERE order_no = ?",
+                              (order_no,)).fetchone()
+            if row is None:
+                raise NotFound(f"no load of order {order_no}")
+            try:
+                decision = operator_decision(_load(row), verdict, reason)
+            except (ValueError, IllegalMove) as e:
+                raise Conflict(str(e)) from None
+            state = LoadState.LOADED if verdict is Verdict.SETTLE else LoadState.REVERSED
+            done = _finish(cur, self._sealer, order_no, state, None, decision.new_balance,
+                           now_ms)
+            _decided(cur, "load", order_no, verdict.value, reason, operator, now_ms)
+            return done
+
+        return self.db.runInteraction("resolve load", txn)
+
+    def refund_payment(self, platform_no: int, biz_serial_no: str, reason: str, operator: str,
+                       now_ms: int) -> Deferred[Payment]:
+        def txn(cur: Cursor) -> Payment:
+            if not reason.strip():
+                raise Conflict("a refund needs a reason")
+            row = cur.execute(f"SELECT {_PAYMENT}, refunded_ms FROM payments WHERE"
+                              " platform_no = ? AND biz_serial_no = ?",
+                              (platform_no, biz_serial_no)).fetchone()
+            if row is None:
+                raise NotFound(f"no payment {platform_no}:{biz_serial_no}")
+            if row[-1] is not None:
+                raise Conflict(f"payment {platform_no}:{biz_serial_no} was refunded already")
+            if cur.execute("SELECT 1 FROM orders WHERE platform_no = ? AND biz_serial_no = ?",
+                           (platform_no, biz_serial_no)).fetchone() is not None:
+                raise Conflict(f"payment {platform_no}:{biz_serial_no} has an order: it is "
+                               "loaded or reversed through its order, not refunded")
+            payment = _payment(row)
+            cur.execute("UPDATE payments SET refunded_ms = ? WHERE platform_no = ? AND"
+                        " biz_serial_no = ?", (now_ms, platform_no, biz_serial_no))
+            post(cur, "refund", f"{platform_no}:{biz_serial_no}", now_ms,
+                 _refund_postings(platform_no, payment.user_id, payment.money))
+            _decided(cur, "payment", f"{platform_no}:{biz_serial_no}", "refund", reason,
+                     operator, now_ms)
+            return payment
+
+        return self.db.runInteraction("refund payment", txn)
+
+    def decisions(self, reference: str) -> Deferred[list[tuple[str, str, str, str, int]]]:
+        def txn(cur: Cursor) -> list[tuple[str, str, str, str, int]]:
+            return [(str(k), str(d), str(r), str(o), int(t)) for k, d, r, o, t in cur.execute(
+                "SELECT kind, decision, reason, operator, at_ms FROM decisions WHERE"
+                " reference = ? ORDER BY id", (reference,)).fetchall()]
+
+        return self.db.runInteraction("decisions", txn)
 
     # -- checks -----------------------------------------------------------------------------------
 
@@ -453,6 +577,59 @@ class SQLLedger:
         self.db.close()
 
 
+def payment_refunded(cur: Cursor, platform_no: int, biz_serial_no: str) -> bool:
+    row = cur.execute("SELECT refunded_ms FROM payments WHERE platform_no = ? AND"
+                      " biz_serial_no = ?", (platform_no, biz_serial_no)).fetchone()
+    return row is not None and row[0] is not None
+
+
+def _refund_postings(platform_no: int, user_id: str, money: int) -> list[tuple[str, int]]:
+    """A refund undoes the payment entry: the money goes back to who paid it."""
+    payer = account_merchant(user_id) if platform_no == 0 else account_platform(platform_no)
+    return [(ACCOUNT_AWAITING_LOAD, money), (payer, -money)]
+
+
+def _decided(cur: Cursor, kind: str, reference: str, decision: str, reason: str,
+             operator: str, now_ms: int) -> None:
+    """The audit of an operator's decision, in the transaction that carries it out."""
+    cur.execute("INSERT INTO decisions (kind, reference, decision, reason, operator, at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (kind, reference, decision, reason.strip()[:500],
+                                               operator[:100], now_ms))
+
+
+def _pending_load(cur: Cursor, logical_no: str) -> Load | None:
+    row = cur.execute(f"SELECT {_LOAD} FROM loads WHERE logical_no = ? AND state = 'pending'"
+                      " ORDER BY created_ms LIMIT 1", (logical_no,)).fetchone()
+    return None if row is None else _load(row)
+
+
+def _finish(cur: Cursor, sealer: Sealer, order_no: str, state: LoadState, tac: str | None,
+            new_balance: int | None, now_ms: int) -> Load:
+    """Settle or reverse a pending load with its journal entry (in the caller's transaction)."""
+    row = cur.execute(f"SELECT {_LOAD} FROM loads WHERE order_no = ?", (order_no,)).fetchone()
+    if row is None:
+        raise NotFound(f"no load of order {order_no}")
+    current = _load(row)
+    if current.state is state:
+        return current  # said twice: the first one counts
+    if current.state is not LoadState.PENDING:
+        raise Conflict(f"load of order {order_no} is {current.state.value} already")
+    cur.execute("UPDATE loads SET state = ?, tac = ?, new_balance = ?, updated_ms = ?"
+                " WHERE order_no = ? AND state = 'pending'",
+                (state.value, tac, new_balance, now_ms, order_no))
+    if cur.rowcount != 1:  # pragma: no cover - serialised by the transaction
+        raise Conflict(f"load of order {order_no} changed meanwhile")
+    order_state = OrderState.LOADED if state is LoadState.LOADED else OrderState.REVERSED
+    cur.execute("UPDATE orders SET state = ?, updated_ms = ? WHERE order_no = ?",
+                (order_state.value, now_ms, order_no))
+    other = ACCOUNT_CARD_FLOAT if state is LoadState.LOADED else ACCOUNT_REVERSED
+    post(cur, "load" if state is LoadState.LOADED else "reversal", order_no, now_ms,
+         [(ACCOUNT_AWAITING_LOAD, current.amount), (other, -current.amount)])
+    notify_topup(cur, sealer, order_no, state is LoadState.LOADED, current.amount, now_ms)
+    return Load(**{**current.__dict__, "state": state, "tac": tac,
+                   "new_balance": new_balance, "updated_ms": now_ms})
+
+
 _LOAD = ("order_no, pki_no, card_kind, logical_no, physical_no, amount, old_balance,"
          " online_serial, terminal_id, load_time, key_version, state, tac, new_balance,"
          " created_ms, updated_ms, hold_until_ms")
@@ -490,14 +667,30 @@ def _check(cur: Cursor) -> list[str]:
     for entry, kind, ref in cur.execute(
             "SELECT id, kind, reference FROM journal_entries").fetchall():
         entries.setdefault((str(kind), str(ref)), []).append(sorted(postings.get(int(entry), [])))
-    for platform, biz, money, user in cur.execute(
-            "SELECT platform_no, biz_serial_no, money, user_id FROM payments").fetchall():
+    ordered = {(int(p), str(b)) for p, b in cur.execute(
+        "SELECT platform_no, biz_serial_no FROM orders").fetchall()}
+    for platform, biz, money, user, refunded in cur.execute(
+            "SELECT platform_no, biz_serial_no, money, user_id, refunded_ms FROM"
+            " payments").fetchall():
         # platform 0: a merchant's top-up (/v2_queryBuy), paid from the merchant's balance
         payer = account_merchant(str(user)) if int(platform) == 0 else \
             account_platform(int(platform))
         expected_payment = sorted([(payer, int(money)), (ACCOUNT_AWAITING_LOAD, -int(money))])
         if entries.get(("payment", f"{platform}:{biz}")) != [expected_payment]:
             problems.append(f"payment {platform}:{biz} is not posted exactly once as paid")
+        refund = [sorted(_refund_postings(int(platform), str(user), int(money)))]
+        if entries.get(("refund", f"{platform}:{biz}"), []) != (refund if refunded else []):
+            problems.append(f"payment {platform}:{biz} is {'' if refunded else 'not '}refunded"
+                            " but its refund entries are not as they must be")
+        if refunded is not None and (int(platform), str(biz)) in ordered:
+            problems.append(f"payment {platform}:{biz} was refunded and has an order")
+    pending_cards: dict[str, int] = {}
+    for (logical,) in cur.execute("SELECT logical_no FROM loads WHERE state ="
+                                  " 'pending'").fetchall():
+        pending_cards[str(logical)] = pending_cards.get(str(logical), 0) + 1
+    for n in pending_cards.values():
+        if n > 1:
+            problems.append(f"a card has {n} loads in doubt at once")
     orders = {str(r[0]): (str(r[1]), int(r[2])) for r in
               cur.execute("SELECT order_no, state, amount FROM orders").fetchall()}
     loads = {str(r[0]): _load(r) for r in

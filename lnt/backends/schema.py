@@ -241,6 +241,33 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         ALTER TABLE loads ADD COLUMN hold_until_ms {bigint} NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        7,
+        """
+        CREATE TABLE cards (
+            logical_no TEXT PRIMARY KEY,
+            card_kind TEXT NOT NULL CHECK (card_kind IN ('cpu', 'm1')),
+            physical_no TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('active', 'closed')),
+            created_ms {bigint} NOT NULL,
+            updated_ms {bigint} NOT NULL
+        );
+        ALTER TABLE payments ADD COLUMN refusal TEXT NOT NULL DEFAULT '';
+        ALTER TABLE payments ADD COLUMN refused_ms {bigint};
+        ALTER TABLE payments ADD COLUMN refunded_ms {bigint};
+        CREATE INDEX loads_card_state ON loads (logical_no, state);
+        CREATE TABLE decisions (
+            id {serial},
+            kind TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            at_ms {bigint} NOT NULL
+        );
+        CREATE INDEX decisions_ref ON decisions (kind, reference);
+        """,
+    ),
 )
 
 #: The version this code writes.

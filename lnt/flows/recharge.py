@@ -22,6 +22,15 @@ import struct
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+from lnt.domain.loads import (
+    CPUReadBack,
+    Decision,
+    M1ReadBack,
+    Verdict,
+    decide_cpu,
+    decide_m1,
+    m1_write_ruled_out,
+)
 from lnt.flows.base import FlowError, FlowProtocol
 from lnt.recharge import (
     APPLICATION_MERCHANT_LOAD,
@@ -36,6 +45,7 @@ from lnt.recharge import (
     M1_BACKUP_BLOCK,
     M1_PURSE_BLOCK,
     M1_PURSE_SECTOR,
+    M1_RECORD_BLOCK,
     SELECT_PURSE,
     SIZE,
     SIZE_M1_DD18,
@@ -48,6 +58,7 @@ from lnt.recharge import (
     Ins,
     LayoutError,
     LoadContext,
+    LoadRecord,
     M1Load,
     PurseType,
     ReaderStatus,
@@ -143,13 +154,6 @@ class RechargeFlow(_SecureFlow):
         if order.amount != amount:
             raise FlowError(InfoCode.ORDER_AMOUNT_MISMATCH,
                             f"order {order_no} is for {order.amount} fen, not {amount}")
-        if order.state is OrderState.LOADED:
-            load = await self.backend(ctx.ledger.load(order_no), "load")
-            assert load is not None and load.new_balance is not None
-            self.log.info("recharge: order {order} was loaded already: its record again",
-                          order=order_no)
-            self.finish(dd11, InfoCode.SUCCESS, self._record(load), header=DD22)
-            return
         if order.state is OrderState.REVERSED:
             raise FlowError(InfoCode.REVERSAL_DONE, f"order {order_no} was reversed already")
 
@@ -178,13 +182,38 @@ class RechargeFlow(_SecureFlow):
         if card.terminal_id != tid:
             raise FlowError(InfoCode.READER_ERROR, "reader reports another terminal ID")
 
+        if order.state is OrderState.LOADED:
+            # the card is the order's (checked above): its record again, nothing moves
+            load = await self.backend(ctx.ledger.load(order_no), "load")
+            assert load is not None and load.new_balance is not None
+            self.log.info("recharge: order {order} was loaded already: its record again",
+                          order=order_no)
+            self.finish(dd13, InfoCode.SUCCESS, self._record(load), header=DD22)
+            return
+
         if order.state is OrderState.PENDING:
             load = await self.backend(ctx.ledger.load(order_no), "load")
             assert load is not None
             self.log.info("recharge: order {order} is pending: reading the card back",
                           order=order_no)
-            await self._read_back(dd13, load, resumed=True)
+            dd21, decision = await self._read_back(dd13, load, resumed=True)
+            self._answer(dd21, load, decision)
             return
+
+        # At most one load per card in doubt: an earlier one is read back and resolved first,
+        # and this order waits for the next DD11 (DD: busy, send again; A4: still in doubt).
+        earlier = await self.backend(ctx.ledger.pending_load(order.logical_no), "pending load")
+        if earlier is not None and earlier.order_no != order_no:
+            self.log.info("recharge: order {order} waits: the card has order {earlier} in doubt;"
+                          " reading it back first", order=order_no, earlier=earlier.order_no)
+            _, decision = await self._read_back(dd13, earlier, resumed=True)
+            if decision.verdict is Verdict.IN_DOUBT:
+                raise FlowError(InfoCode.REVERSAL_FAILED,
+                                f"the card's earlier load (order {earlier.order_no}) is still in"
+                                f" doubt ({decision.reason}): no new load until it is resolved")
+            raise FlowError(InfoCode.SYSTEM_BUSY,
+                            f"the card's earlier load (order {earlier.order_no}) was resolved "
+                            f"({decision.verdict.value}): send DD11 for order {order_no} again")
 
         # A closed card takes no new load (a pending one is still read back above).
         if card.deposit_flag == DepositOp.CLOSE:
@@ -260,7 +289,8 @@ class RechargeFlow(_SecureFlow):
             # The outcome is in doubt: the read-back decides, never a guess.
             self.log.warn("recharge: order {order}: DD19 unusable ({why}); reading back",
                           order=order.order_no, why=str(e))
-        await self._read_back(dd19, load, settled=settled)
+        dd21, decision = await self._read_back(dd19, load, settled=settled)
+        self._answer(dd21, load, decision)
 
     # -- M1 ----------------------------------------------------------------------------------
 
@@ -270,24 +300,32 @@ class RechargeFlow(_SecureFlow):
             "M1 keys")
         return keys[M1_PURSE_SECTOR]
 
-    def _m1_value(self, plaintext: bytes, what: str) -> int:
+    @staticmethod
+    def _m1_sector(plaintext: bytes, what: str) -> M1ReadBack:
+        """The purse value and load record of an M1 read (status | 8 | 9 | 10)."""
         if plaintext[0] != ReaderStatus.OK:
             raise FlowError(InfoCode.READER_ERROR, f"{what}: reader status {plaintext[0]:02X}")
         primary = parse_value_block(plaintext[1:17])
         backup = parse_value_block(plaintext[17:33])
-        if primary is None and backup is None:
-            raise FlowError(InfoCode.READER_ERROR, f"{what}: both purse blocks are damaged")
+        record = LoadRecord.decode(plaintext[33:49])
         # the primary block is written first: when both are good it is the newer one
-        return primary if primary is not None else backup  # type: ignore[return-value]
+        value = primary if primary is not None else backup
+        return M1ReadBack(value, None if record is None else record.order_no,
+                          None if record is None else record.value)
 
     async def _load_m1(self, dd15: Request, order: Order, card: CardInfo,
                        context: LoadContext) -> None:
-        key = await self._m1_key(order.physical_no)
+        # the card on the reader (checked against the order at DD13) names the sector key: a
+        # merchant's top-up order is bound to its physical card only by its first load
+        key = await self._m1_key(card.physical.hex())
         seq = self._seq()
-        read = m1_read(M1_PURSE_SECTOR, key, M1_PURSE_BLOCK, M1_BACKUP_BLOCK)
+        read = m1_read(M1_PURSE_SECTOR, key, M1_PURSE_BLOCK, M1_BACKUP_BLOCK, M1_RECORD_BLOCK)
         dd17 = await self.reply(dd15, self.sm.seal_command(Ins.M1_READ, seq, read, SIZE[0xDD16]),
                                 expect=DD17)
-        old = self._m1_value(self._open(dd17, seq, SIZE[DD17], "M1 purse"), "M1 purse")
+        purse = self._m1_sector(self._open(dd17, seq, SIZE[DD17], "M1 purse"), "M1 purse")
+        if purse.value is None:
+            raise FlowError(InfoCode.READER_ERROR, "M1 purse: both purse blocks are damaged")
+        old = purse.value
         new = old + order.amount
         if new > 2**31 - 1:
             raise FlowError(InfoCode.BACKEND_ERROR, "the load would overflow the M1 purse")
@@ -296,7 +334,8 @@ class RechargeFlow(_SecureFlow):
         expires = (datetime.strptime(card.reader_time, "%Y%m%d%H%M%S")
                    + timedelta(seconds=self.settings.flow_deadline)).strftime("%Y%m%d%H%M%S")
         command = M1Load(M1_PURSE_SECTOR, key, M1_PURSE_BLOCK, M1_BACKUP_BLOCK, old,
-                         value_block(new, M1_PURSE_BLOCK), expires, order.order_no)
+                         value_block(new, M1_PURSE_BLOCK), expires, order.order_no,
+                         M1_RECORD_BLOCK, LoadRecord(order.order_no, new).encode())
         seq = self._seq()
         dd19 = await self.reply(dd17, self.sm.seal_command(Ins.M1_LOAD, seq, command.encode(),
                                                             SIZE_M1_DD18), expect=DD19)
@@ -308,9 +347,10 @@ class RechargeFlow(_SecureFlow):
         except FlowError as e:
             self.log.warn("recharge: order {order}: DD19 unusable ({why}); reading back",
                           order=order.order_no, why=e.reason)
-        # The reader has answered the write: it will never execute it again (seq), so the
-        # read-back may rule the load out.
-        await self._read_back(dd19, load, written_here=True, m1_key=key)
+        # The read-back goes to the same reader under a later seq: once it answers, the write
+        # can no longer happen, so the read-back may rule the load out.
+        dd21, decision = await self._read_back(dd19, load, m1_key=key)
+        self._answer(dd21, load, decision)
 
     # -- common --------------------------------------------------------------------------
 
@@ -354,9 +394,13 @@ class RechargeFlow(_SecureFlow):
                       load.new_balance)
 
     async def _read_back(self, request: Request, load: Load, *, resumed: bool = False,
-                         settled: Load | None = None, written_here: bool = False,
-                         m1_key: bytes | None = None) -> None:
-        """DD20 / DD21 / DD22: read the purse back and settle, reverse, or leave undecided."""
+                         settled: Load | None = None, m1_key: bytes | None = None
+                         ) -> tuple[Request, Decision]:
+        """
+        DD20 / DD21: read the purse back, let L{lnt.domain.loads} decide from what the card
+        shows, and make the decision durable (settled or reversed; in doubt changes nothing).
+        Returns DD21 (to answer) and the decision.
+        """
         ctx = self.context
         seq = self._seq()
         if load.card_kind is CardKind.CPU:
@@ -366,60 +410,64 @@ class RechargeFlow(_SecureFlow):
         else:
             key = m1_key or await self._m1_key(load.physical_no)
             body = bytes((PurseType.M1,)) + m1_read(M1_PURSE_SECTOR, key, M1_PURSE_BLOCK,
-                                                    M1_BACKUP_BLOCK)
+                                                    M1_BACKUP_BLOCK, M1_RECORD_BLOCK)
         command = self.sm.seal_command(Ins.M1_CPU_QRY, seq, body, SIZE[DD20])
         dd21 = await self.reply(request, command, expect=DD21,
                                 header=DD20 if resumed else None)
         plaintext = self._open(dd21, seq, SIZE[DD21], "read-back")
         if settled is not None:
-            self.finish(dd21, InfoCode.SUCCESS, self._record(settled))
-            return
-        expected = load.old_balance + load.amount
+            assert settled.new_balance is not None and settled.tac is not None
+            return dd21, Decision(Verdict.SETTLE, "the card's TAC verified at DD19",
+                                  settled.new_balance, settled.tac)
         if load.card_kind is CardKind.CPU:
-            try:
-                _select, _balance, proof = parse_apdu_list(plaintext[1:])
-            except (LayoutError, ValueError):
-                raise FlowError(InfoCode.READER_ERROR, "read-back does not parse") from None
-            if proof[-2:] == SW_OK and len(proof) == 6:
-                cpu = CPULoad(encode_bcd(load.logical_no, 8), 1, load.amount,
-                              bytes.fromhex(load.terminal_id), load.old_balance,
-                              load.online_serial or 0, load.key_version, 0, b"", b"",
-                              bytes.fromhex(load.load_time))
-                if await self.backend(ctx.core.verify_cpu_tac(cpu, expected, proof[:4]),
-                                      "verify TAC"):
-                    done = await self._settle(load, proof[:4].hex(), expected)
-                    self.finish(dd21, InfoCode.SUCCESS, self._record(done))
-                    return
-                raise FlowError(InfoCode.REVERSAL_FAILED,
-                                f"order {load.order_no}: the card's proof does not verify")
-            if proof[-2:] == SW_NO_RECORD and len(proof) == 4:
-                (current,) = struct.unpack(">H", proof[:2])
-                if current == load.online_serial:
-                    # The card's online serial never moved: CREDIT never happened, and the
-                    # read-back just ended any INITIALIZE it had, so it never will.
-                    await self._reverse(load)
-                    raise FlowError(InfoCode.REVERSAL_DONE, f"order {load.order_no} reversed")
-            raise FlowError(InfoCode.REVERSAL_FAILED,
-                            f"order {load.order_no}: the card cannot prove or rule out the load")
-        if plaintext[0] != PurseType.M1:
-            raise FlowError(InfoCode.READER_ERROR, "read-back is not an M1 answer")
-        value = self._m1_value(plaintext[1:], "M1 read-back")
-        if value == expected:
-            done = await self._settle(load, None, value)
-            self.finish(dd21, InfoCode.SUCCESS, self._record(done))
+            decision = decide_cpu(load, await self._cpu_proof(load, plaintext))
+        else:
+            if plaintext[0] != PurseType.M1:
+                raise FlowError(InfoCode.READER_ERROR, "read-back is not an M1 answer")
+            seen = self._m1_sector(plaintext[1:], "M1 read-back")
+            ruled_out = m1_write_ruled_out(load, reader_pki=self.pki, now_ms=ctx.now_ms())
+            decision = decide_m1(load, seen, ruled_out=ruled_out)
+        if decision.verdict is Verdict.SETTLE:
+            assert decision.new_balance is not None
+            await self._settle(load, decision.tac, decision.new_balance)
+        elif decision.verdict is Verdict.REVERSE:
+            await self._reverse(load)
+        else:
+            self.log.warn("recharge: order {order} stays in doubt: {why}", order=load.order_no,
+                          why=decision.reason)
+        return dd21, decision
+
+    async def _cpu_proof(self, load: Load, plaintext: bytes) -> CPUReadBack:
+        """What GET TRANSACTION PROOF answered, the TAC checked by the core module."""
+        try:
+            _select, _balance, proof = parse_apdu_list(plaintext[1:])
+        except (LayoutError, ValueError):
+            raise FlowError(InfoCode.READER_ERROR, "read-back does not parse") from None
+        if proof[-2:] == SW_OK and len(proof) == 6:
+            cpu = CPULoad(encode_bcd(load.logical_no, 8), 1, load.amount,
+                          bytes.fromhex(load.terminal_id), load.old_balance,
+                          load.online_serial or 0, load.key_version, 0, b"", b"",
+                          bytes.fromhex(load.load_time))
+            verified = await self.backend(
+                self.context.core.verify_cpu_tac(cpu, load.old_balance + load.amount,
+                                                 proof[:4]), "verify TAC")
+            return CPUReadBack(tac=proof[:4], tac_verified=verified)
+        if proof[-2:] == SW_NO_RECORD and len(proof) == 4:
+            return CPUReadBack(current_serial=struct.unpack(">H", proof[:2])[0])
+        return CPUReadBack()
+
+    def _answer(self, dd21: Request, load: Load, decision: Decision) -> None:
+        """End the flow of the load's own order with what the read-back decided."""
+        if decision.verdict is Verdict.SETTLE:
+            assert decision.new_balance is not None
+            self.finish(dd21, InfoCode.SUCCESS, record(load.order_no, load.pki_no,
+                                                       load.logical_no, load.amount,
+                                                       decision.new_balance))
             return
-        if value == load.old_balance:
-            # the hold was fixed when the write left, by the daemon that sent it
-            if written_here or ctx.now_ms() > load.hold_until_ms:
-                await self._reverse(load)
-                raise FlowError(InfoCode.REVERSAL_DONE, f"order {load.order_no} reversed")
-            wait = (load.hold_until_ms - ctx.now_ms()) // 1000 + 1
-            raise FlowError(InfoCode.REVERSAL_FAILED,
-                            f"order {load.order_no}: the write may still be in flight; "
-                            f"retry in {wait} s")
+        if decision.verdict is Verdict.REVERSE:
+            raise FlowError(InfoCode.REVERSAL_DONE, f"order {load.order_no} reversed")
         raise FlowError(InfoCode.REVERSAL_FAILED,
-                        f"order {load.order_no}: purse shows {value}, neither {load.old_balance}"
-                        f" nor {expected}")
+                        f"order {load.order_no} stays in doubt: {decision.reason}")
 
 
 class DepositFlow(_SecureFlow):

@@ -66,6 +66,10 @@ class UsageError(Exception):
     pass
 
 
+class RecordMismatch(Exception):
+    """The platform's DD22 record names another order or card: not a load of this card."""
+
+
 @dataclass
 class Terminal:
     data_dir: Path
@@ -174,7 +178,8 @@ class Terminal:
             await self.signin(reactor)
         before = self.balance()
         info = bytes((0x00,)) + struct.pack(">I", amount) + encode_bcd(order_no, 10)
-        for attempt in (1, 2):
+        signed_in = False
+        for attempt in range(1, 4):
             conn = await connect(reactor, self.host, self.port, reactor, self.timeout)
             first = Request(0xDD11, self.user_id, 0x00, self.card.pki_no, info)
             try:
@@ -184,11 +189,19 @@ class Terminal:
                 conn.close()
                 raise
             except FlowRefused as e:
-                if e.code != InfoCode.NOT_SIGNED_IN or attempt == 2:
+                if e.code == InfoCode.NOT_SIGNED_IN and not signed_in:
+                    signed_in = True
+                    await self.signin(reactor)
+                elif e.code == InfoCode.SYSTEM_BUSY and attempt < 3:
+                    # e.g. an earlier load of this card was read back and resolved first
+                    print("platform busy: sending DD11 again", file=self.out)
+                else:
                     raise
-                await self.signin(reactor)
         rec = parse_record(result.last.info)
         card = self.reader.presented
+        if (rec[0], rec[2]) != (order_no, card.logical_no):
+            raise RecordMismatch(f"the platform's record is for order {rec[0]}, not for this "
+                                 f"order on the card on the reader")
         print(f"loaded order {rec[0]}: {rec[3]} fen onto {card.kind} card {rec[2]}, balance "
               f"{before} -> {self.balance()} (record: balance after {rec[4]})", file=self.out)
         return rec
@@ -367,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Interrupted as e:
             print(f"lnt-terminal: {e}", file=sys.stderr)
             outcome.append(EXIT_INTERRUPTED)
-        except (FlowRefused, APIRefused) as e:
+        except (FlowRefused, APIRefused, RecordMismatch) as e:
             print(f"refused: {e}", file=sys.stderr)
             outcome.append(EXIT_REFUSED)
         except UsageError as e:

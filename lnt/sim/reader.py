@@ -34,6 +34,7 @@ from lnt.recharge import (
     DepositProcess,
     Ins,
     LoadContext,
+    LoadRecord,
     M1Load,
     PurseType,
     ReaderStatus,
@@ -116,8 +117,9 @@ class Reader:
         self.deposit_seq = 0
         #: the load context of R_PUB_SET_READCARDINFO
         self.context: LoadContext | None = None
-        #: test aid: the card is pulled away in the middle of an M1 write
-        self.m1_interrupt = False
+        #: test aid: the card is pulled away in the middle of an M1 write, after the load
+        #: record ("record") or after the primary value block ("value") was written
+        self.m1_interrupt: str | None = None
         self.session: ReaderSession | None = None
         #: the session of a sign-in whose DD08 has not come yet
         self.pending: ReaderSession | None = None
@@ -300,13 +302,14 @@ class Reader:
 
     def _m1_read(self, plaintext: bytes) -> bytes:
         card = self._m1()
-        sector, key, block, backup = plaintext[0], plaintext[1:7], plaintext[7], plaintext[8]
+        sector, key = plaintext[0], plaintext[1:7]
+        blocks = plaintext[7:10]
         if card is None:
-            return m1_blocks_answer(ReaderStatus.NO_CARD, bytes(16), bytes(16))
+            return m1_blocks_answer(ReaderStatus.NO_CARD, bytes(16), bytes(16), bytes(16))
         if not card.authenticate(sector, key):
-            return m1_blocks_answer(ReaderStatus.WRONG_KEY, bytes(16), bytes(16))
-        return m1_blocks_answer(ReaderStatus.OK, card.read(block) or bytes(16),
-                                card.read(backup) or bytes(16))
+            return m1_blocks_answer(ReaderStatus.WRONG_KEY, bytes(16), bytes(16), bytes(16))
+        block, backup, record = (card.read(b) or bytes(16) for b in blocks)
+        return m1_blocks_answer(ReaderStatus.OK, block, backup, record)
 
     def _m1_load(self, plaintext: bytes) -> bytes:
         card = self._m1()
@@ -322,11 +325,17 @@ class Reader:
             current = parse_value_block(card.read(command.backup) or b"")
         if current != command.expected:
             return bytes((ReaderStatus.VALUE_CHANGED,))
-        if self.m1_interrupt:
-            # a card pulled away mid-write: the primary block is written, the backup is not
-            card.write(command.block, command.new_block)
-            raise ConnectionAbortedError("card removed during the M1 write")
+        previous = LoadRecord.decode(card.read(command.record_block) or b"")
+        if previous is not None and previous.order_no == command.order_no:
+            return bytes((ReaderStatus.VALUE_CHANGED,))  # this load was written once already
+        # the record first: a read-back can then always name the load whose value it sees
+        card.write(command.record_block, command.record)
+        if self.m1_interrupt == "record":
+            raise ConnectionAbortedError("card removed during the M1 write (after the record)")
         card.write(command.block, command.new_block)
+        if self.m1_interrupt == "value":
+            # the primary block is written, the backup is not
+            raise ConnectionAbortedError("card removed during the M1 write (after the value)")
         card.write(command.backup, command.new_block)
         value = parse_value_block(command.new_block) or 0
         return bytes((ReaderStatus.OK,)) + struct.pack(">i", value)
@@ -368,5 +377,8 @@ class Reader:
     def confirm_session(self) -> None:
         """The platform answered DD08 success: the pending session becomes the session."""
         if self.pending is not None:
+            # sequence numbers count per session key: a new session starts again from zero,
+            # and commands sealed under the old key no longer open
             self.session, self.pending = self.pending, None
+            self.last_seq = 0
             self._save()

@@ -29,7 +29,9 @@ from lnt.consign import ConsignError, decrypt_field, make_sign, verify_sign
 from lnt.interfaces import IConsignments, IIssuer, ILedger
 from lnt.logs import mask_card
 from lnt.records import (
+    CPU_BALANCE_LIMIT,
     BatchFull,
+    CardRefused,
     Conflict,
     ConsignmentState,
     InsufficientBalance,
@@ -274,14 +276,14 @@ class ConsignmentAPI:
             raise Refused("account must be the card's 16-digit logical number")
         if params.get("quantity", "1") != "1":
             raise Refused("quantity must be 1")
-        if amount > 100_000:
-            raise Refused("amount must be at most 100000 fen")
+        if amount > CPU_BALANCE_LIMIT:
+            raise Refused(f"amount must be at most {CPU_BALANCE_LIMIT} fen")
         notify_url, custom = self.notify_of(params)
         try:
             order, created = await self._b(self.store.topup(
                 merchant.customer_id, order_id, amount, account, int(self.clock.seconds() * 1000),
                 notify_url, custom))
-        except (InsufficientBalance, Conflict) as e:
+        except (InsufficientBalance, Conflict, CardRefused) as e:
             raise Refused(str(e)) from None
         log.info("consignment API: merchant {merchant} top-up {order_id} -> order {order} {what}",
                  merchant=merchant.customer_id, order_id=order_id, order=order.order_no,

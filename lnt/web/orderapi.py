@@ -41,7 +41,7 @@ from lnt.records import (
     CHINA,
     CPU_BALANCE_LIMIT,
     CardIdentity,
-    CardKind,
+    CardRefused,
     Conflict,
     NotFound,
     Order,
@@ -397,13 +397,21 @@ class OrderAPI:
         biz = call["biz_serial_no"]
         if not BIZ_SERIAL.match(biz):
             raise APIError("biz_serial_no must be 1-64 letters, digits, '_' or '-'")
-        card = self.card_of(call)
-        if card.kind is CardKind.CPU and card.balance is not None \
-                and card.balance + amount > CPU_BALANCE_LIMIT:
-            raise APIError(f"card balance {card.balance} + chargeamt {amount} exceeds the card "
-                           f"limit of {CPU_BALANCE_LIMIT} fen")
-        order, created = await self._backend(self.ledger.create_order(
-            call["platform"], biz, session.pki_no, card, amount, self.now_ms()))
+        try:
+            card = self.card_of(call)
+            # every check of the card (issued, open, the same card, its limit) is made here,
+            # in the order's transaction, before the order exists
+            order, created = await self._backend(self.ledger.create_order(
+                call["platform"], biz, session.pki_no, card, amount, self.now_ms()))
+        except (APIError, CardRefused) as e:
+            # the payment stays visibly attached to the refusal, never silently parked
+            if await self._backend(self.ledger.note_payment_refusal(
+                    call["platform"], biz, session.pki_no, str(e), self.now_ms())):
+                log.info("order API: payment {platform}/{biz} has no order: {why}",
+                         platform=call["platform"], biz=biz, why=str(e))
+                raise APIError(f"{e}; the payment under biz_serial_no {biz} stays unused "
+                               "until an order is made for it or it is refunded") from None
+            raise APIError(str(e)) from None
         log.info("order API: order {order} for card {card}, {amount} fen {what}",
                  order=order.order_no, card=mask_card(card.logical_no), amount=amount,
                  what="created" if created else "repeated")
