@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 RUNSTAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean plugin-cache
+.PHONY: run test lint typecheck unit bench fuzz-money clean plugin-cache
 
 $(RUNSTAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+## the card-against-the-books model test with 2000 random fault sequences (about 8 minutes);
+## LNT_MONEY_SEED=N picks another seed
+fuzz-money: $(STAMP)
+	LNT_MONEY_SEQUENCES=$${LNT_MONEY_SEQUENCES:-2000} $(BIN)/pytest -p no:cacheprovider -s \
+		tests/test_money_model.py
 
 ## regenerate Twisted's plugin cache (dropin.cache) after installing or upgrading
 plugin-cache: $(RUNSTAMP)
