@@ -291,7 +291,7 @@ async def run_sequence(rig: Rig, kind: CardKind, first_cut: CutPoint | None, see
         if n == late_at:
             rig.term.reader.execute(rig.held.pop())
             story.append("held command delivered")
-        term = rig.other if n == 0 and late_at == 1 or rng.random() < 0.5 else rig.term
+        term = rig.other if (n == 0 and late_at == 1) or rng.random() < 0.5 else rig.term
         code = await rig.dd11(order_no, amount, term=term)
         story.append(f"resume {order_no[-4:]} at {term.card.pki_no} -> {code}")
     if rig.held:
