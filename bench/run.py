@@ -25,10 +25,10 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from lnt.backends.core import CoreKeys
-from lnt.backends.keys import CardKeyFile
-from lnt.sim.cards import CPUCard, save_new
+from lnt.coremodule import CoreKeys
+from lnt.keyfiles import CardKeyFile
 from lnt.sim.cli import Terminal
+from lnt.sim.virtualcards import CPUCard, save_new
 from lnt.wire import FrameDecoder, Request
 from tests.support import Daemon
 

@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IProtocol
 
     from lnt.domain.loads import Verdict
-    from lnt.flows.base import FlowContext
-    from lnt.records import (
+    from lnt.domain.records import (
         AtRisk,
         CardIdentity,
         Consignment,
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
         Redemption,
         Session,
     )
+    from lnt.flows.base import FlowContext
 
 
 class IFlow(Interface):
@@ -83,7 +83,7 @@ class IPKI(Interface):
 
     def register(card: PKICard) -> Deferred[None]:
         """
-        Register a new card. Errbacks with L{lnt.records.AlreadyExists} if the number is
+        Register a new card. Errbacks with L{lnt.domain.records.AlreadyExists} if the number is
         taken.
         """
 
@@ -111,7 +111,7 @@ class ICoreModule(Interface):
         """
         Verify MAC1 of a CPU card's INITIALIZE FOR LOAD answer with the session key derived from
         the card's load key, and return MAC2 (4 bytes) for CREDIT FOR LOAD. Errbacks with
-        L{lnt.records.MACError} when MAC1 is wrong: there is never a MAC2 without a verified
+        L{lnt.domain.records.MACError} when MAC1 is wrong: there is never a MAC2 without a verified
         MAC1.
         """
 
@@ -125,7 +125,7 @@ class ICoreModule(Interface):
 class IIssuer(Interface):
     """
     Whoever issued the cards merchants consign: verifies a card and redeems it. The shipped
-    issuer is the platform's own prepaid vouchers (L{lnt.backends.vouchers}).
+    issuer is the platform's own prepaid vouchers (L{lnt.storage.vouchers}).
     """
 
     def redeem(card_number: str, password: str, product_code: str, face_value: int,
@@ -153,7 +153,7 @@ class IConsignments(Interface):
                now_ms: int) -> Deferred[tuple[Consignment, bool]]:
         """
         Record a consignment (card data sealed); (order, created). A repeated orderId of the
-        merchant answers the first order. Errbacks with L{lnt.records.BatchFull}.
+        merchant answers the first order. Errbacks with L{lnt.domain.records.BatchFull}.
         """
 
     def consignment(customer_id: str, order_id: str) -> Deferred[Consignment | None]:
@@ -174,7 +174,7 @@ class IConsignments(Interface):
         """
         Spend merchant balance on a recharge order for a card; (order, created). When the card
         is loaded (or the load reversed) the merchant is notified at C{notify_url}. Errbacks
-        with L{lnt.records.InsufficientBalance} or L{lnt.records.Conflict}.
+        with L{lnt.domain.records.InsufficientBalance} or L{lnt.domain.records.Conflict}.
         """
 
     def topup_order(customer_id: str, order_id: str) -> Deferred[Order | None]:
@@ -255,7 +255,7 @@ class ILedger(Interface):
         Record that a platform collected C{money} under C{biz_serial_no}, and post it to the
         journal; (payment, created). A repeat with the same C{fingerprint} (a digest of the
         request's fields) returns the first payment and posts nothing; with another, errbacks
-        with L{lnt.records.Conflict}.
+        with L{lnt.domain.records.Conflict}.
         """
 
     def create_order(
@@ -265,8 +265,9 @@ class ILedger(Interface):
         """
         The recharge order for a paid C{biz_serial_no}: a new 20-digit order number, or the
         existing order when repeated for the same card and amount; (order, created).
-        Errbacks with L{lnt.records.NotFound} (no such payment) or L{lnt.records.Conflict}
-        (amount differs from the payment, or the order is for another card).
+        Errbacks with L{lnt.domain.records.NotFound} (no such payment) or
+        L{lnt.domain.records.Conflict} (amount differs from the payment, or the order is for
+        another card).
         """
 
     def order(order_no: str) -> Deferred[Order | None]:
@@ -285,16 +286,17 @@ class ILedger(Interface):
         """
         Reserve C{count} secure-messaging sequence numbers of a session; returns the first.
         Never the same number twice for one session key (AES-CTR nonces depend on it).
-        Errbacks with L{lnt.records.NotFound} when the session was replaced meanwhile.
+        Errbacks with L{lnt.domain.records.NotFound} when the session was replaced meanwhile.
         """
 
     def begin_load(load: Load) -> Deferred[Load]:
         """
-        Record a load as pending and mark its order pending, in one transaction: durable before
-        MAC2 (or the M1 write) may leave. Errbacks with L{lnt.records.Conflict} when the order
-        is not waiting for a load (used, or taken by another terminal) or is for another
-        card or amount, or when the card has another load in doubt (at most one per card);
-        L{lnt.records.NotFound} without such an order.
+        Record a load as pending and mark its order pending, in one transaction: durable
+        before MAC2 (or the M1 write) may leave. Errbacks with
+        L{lnt.domain.records.Conflict} when the order is not waiting for a load (used, or
+        taken by another terminal) or is for another card or amount, or when the card has
+        another load in doubt (at most one per card); L{lnt.domain.records.NotFound}
+        without such an order.
         """
 
     def pending_load(logical_no: str) -> Deferred[Load | None]:

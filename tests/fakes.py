@@ -11,13 +11,13 @@ from collections.abc import Callable
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from lnt.backends.core import CoreKeys, FileCoreModule
-from lnt.backends.database import DSN, SyncDatabase
-from lnt.backends.keys import PlatformKeys, key_from_scalar
-from lnt.backends.ledger import SQLLedger
-from lnt.backends.pki import LedgerPKI
-from lnt.backends.schema import migrate
+from lnt.coremodule import CoreKeys, FileCoreModule
 from lnt.flows.dispatch import DDServerFactory, DispatchProtocol
+from lnt.keyfiles import PlatformKeys, key_from_scalar
+from lnt.storage.database import DSN, SyncDatabase
+from lnt.storage.ledger import SQLLedger
+from lnt.storage.migrations import migrate
+from lnt.storage.pkicards import LedgerPKI
 from lnt.wire import FrameDecoder, Response, response_header
 from tests.support import request
 

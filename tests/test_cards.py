@@ -9,18 +9,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lnt import cardscript, pboc
-from lnt.backends.core import CoreKeys, FileCoreModule
-from lnt.backends.database import result_of
-from lnt.cardscript import IDENTIFY, Answer, ScriptError, Step, identify
-from lnt.recharge import LoadRecord, parse_value_block, value_block
-from lnt.records import CPU_BALANCE_LIMIT, CardKind, CPULoad, MACError
-from lnt.sim.cards import (
+from lnt.coremodule import CoreKeys, FileCoreModule
+from lnt.crypto import pboc
+from lnt.domain.records import CPU_BALANCE_LIMIT, CardKind, CPULoad, MACError
+from lnt.messages import cardscript
+from lnt.messages.cardscript import IDENTIFY, Answer, ScriptError, Step, identify
+from lnt.messages.purse import LoadRecord, parse_value_block, value_block
+from lnt.sim.virtualcards import (
     CPUCard,
     M1Card,
     load_card,
     save_new,
 )
+from lnt.storage.database import result_of
 
 CORE = CoreKeys(bytes(range(16)), bytes(range(16, 32)), bytes(range(32, 48)))
 TERMINAL = bytes.fromhex("112233445566")

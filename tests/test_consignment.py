@@ -24,9 +24,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import deferLater
 
-from lnt.backends.consignments import BATCH_LIMIT, SQLConsignments
-from lnt.backends.database import result_of
-from lnt.consign import (
+from lnt.crypto.consignsign import (
     ConsignError,
     decrypt_field,
     encrypt_field,
@@ -34,8 +32,10 @@ from lnt.consign import (
     sign_string,
     verify_sign,
 )
-from lnt.records import BatchFull
-from lnt.web.notifier import Notifier
+from lnt.domain.records import BatchFull
+from lnt.jobs.notifier import Notifier
+from lnt.storage.consignments import BATCH_LIMIT, SQLConsignments
+from lnt.storage.database import result_of
 from tests.fakes import SyncBackends
 from tests.support import Daemon
 
@@ -461,7 +461,7 @@ def test_a_timed_out_redemption_is_finished_by_the_sweep_and_paid_once() -> None
     from twisted.internet.defer import Deferred, succeed
     from twisted.internet.task import Clock
 
-    from lnt.backends.vouchers import PBKDF2_ROUNDS, VoucherIssuer
+    from lnt.storage.vouchers import PBKDF2_ROUNDS, VoucherIssuer
     from lnt.web.consignapi import Processor
 
     clock = Clock()

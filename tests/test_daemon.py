@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lnt.backends.schema import LATEST
+from lnt.storage.migrations import LATEST
 from lnt.wire import NO_PKI, FlowIndicator, InfoCode
 from tests.support import (
     ROOT,
@@ -209,7 +209,7 @@ def test_help_explains_options() -> None:
 def test_journal_logger_has_no_timestamps(daemon_factory, tmp_path: Path) -> None:
     data = tmp_path / "j"
     argv = [*TWISTD, "--nodaemon", "--pidfile=",
-            "--logger", "lnt.logs.journal_observer", "lnt-recharge", "--data-dir", str(data),
+            "--logger", "lnt.daemon.logs.journal_observer", "lnt-recharge", "--data-dir", str(data),
             "--flows", "tcp:0:interface=127.0.0.1", "--http", "tcp:0:interface=127.0.0.1"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -220,7 +220,7 @@ def test_journal_logger_has_no_timestamps(daemon_factory, tmp_path: Path) -> Non
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=30)[0].decode()
     lines = [line for line in out.splitlines() if line]
-    assert any(line.startswith("<6>[lnt.service] ") and "ready" in line for line in lines)
+    assert any(line.startswith("<6>[lnt.daemon.service] ") and "ready" in line for line in lines)
     assert not any(line[:4].isdigit() for line in lines)  # no ISO timestamps
 
 
@@ -354,7 +354,7 @@ def test_conflicting_flow_plugin_stops_start(tmp_path: Path, daemon_factory) -> 
 
 
 def test_example_config_is_valid() -> None:
-    from lnt.config import read_ini, resolve
+    from lnt.daemon.config import read_ini, resolve
 
     settings = resolve({}, read_ini(ROOT / "etc" / "lnt.ini"))
     assert settings["flows"] == "systemd:domain=INET:name=flows"

@@ -1,6 +1,6 @@
 """
-The load lifecycle's pure rules (lnt.domain.loads) and the card checks (lnt.domain.cards), alone
-and under hypothesis: no database, no socket. The expected verdicts are written out from the
+The load lifecycle's pure rules (lnt.domain.loads) and the card checks (lnt.domain.eligibility),
+alone and under hypothesis: no database, no socket. The expected verdicts are written out from the
 rules in docs/protocol.rst, not computed by the code under test.
 """
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lnt.domain.cards import card_refusal
+from lnt.domain.eligibility import card_refusal
 from lnt.domain.loads import (
     ORDER_MOVES,
     CPUReadBack,
@@ -25,7 +25,7 @@ from lnt.domain.loads import (
     order_state_of,
     require_move,
 )
-from lnt.records import (
+from lnt.domain.records import (
     CPU_BALANCE_LIMIT,
     CardKind,
     CardState,

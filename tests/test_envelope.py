@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lnt import envelope
-from lnt.envelope import EnvelopeError
+from lnt.crypto import envelope
+from lnt.crypto.envelope import EnvelopeError
 
 TS = 1428042275
 PLAINTEXT = b'{"platform":1, "userinfo": "{\\"openid\\":\\"1234567890\\"}", "type":1}'

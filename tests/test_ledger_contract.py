@@ -19,14 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 
-from lnt.backends.database import DSN, Database, DatabaseConfigError, SyncDatabase, result_of
-from lnt.backends.journal import UnbalancedEntry, post
-from lnt.backends.keys import CardKeyFile, PlatformKeys, key_from_scalar
-from lnt.backends.ledger import SQLLedger
-from lnt.backends.pki import LedgerPKI
-from lnt.backends.schema import LATEST, MIGRATIONS, SchemaTooNew, migrate
 from lnt.domain.loads import Verdict
-from lnt.records import (
+from lnt.domain.records import (
     AlreadyExists,
     AtRisk,
     CardIdentity,
@@ -43,6 +37,12 @@ from lnt.records import (
     PKICard,
     Platform,
 )
+from lnt.keyfiles import CardKeyFile, PlatformKeys, key_from_scalar
+from lnt.storage.database import DSN, Database, DatabaseConfigError, SyncDatabase, result_of
+from lnt.storage.journal import UnbalancedEntry, post
+from lnt.storage.ledger import SQLLedger
+from lnt.storage.migrations import LATEST, MIGRATIONS, SchemaTooNew, migrate
+from lnt.storage.pkicards import LedgerPKI
 from tests.conftest import postgres_dsn
 
 USER = b"terminal-0000001"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lnt.recharge import value_block
-from lnt.sim.cards import M1Card, load_card
+from lnt.messages.purse import value_block
+from lnt.sim.virtualcards import M1Card, load_card
 from tests.support import Daemon
 from tests.test_consignment import Merchant, wait_for
 from tests.test_recharge_e2e import CPU, M1, balance, check, order_of, tool

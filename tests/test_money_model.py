@@ -42,16 +42,16 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from lnt.backends.core import CoreKeys
-from lnt.backends.database import DSN, SyncDatabase, result_of
-from lnt.backends.keys import CardKeyFile, PlatformKeys
-from lnt.backends.ledger import SQLLedger
+from lnt.coremodule import CoreKeys
 from lnt.domain.loads import Verdict
-from lnt.recharge import LoadRecord, parse_value_block, value_block
-from lnt.records import CardKind, IssuedCard, OrderState
-from lnt.sim.cards import PURSE_SECTOR, Card, CPUCard, M1Card, save_new
+from lnt.domain.records import CardKind, IssuedCard, OrderState
+from lnt.keyfiles import CardKeyFile, PlatformKeys
+from lnt.messages.purse import LoadRecord, parse_value_block, value_block
 from lnt.sim.cli import Terminal
 from lnt.sim.terminal import FlowRefused, TerminalError, connect, run_flow
+from lnt.sim.virtualcards import PURSE_SECTOR, Card, CPUCard, M1Card, save_new
+from lnt.storage.database import DSN, SyncDatabase, result_of
+from lnt.storage.ledger import SQLLedger
 from lnt.wire import InfoCode, Request, encode_bcd
 from tests.support import Daemon
 

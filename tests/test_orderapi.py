@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from lnt import cardscript, envelope
-from lnt.backends.keys import CardKeyFile, sign
-from lnt.sim.cards import load_card
+from lnt.crypto import envelope
+from lnt.keyfiles import CardKeyFile, sign
+from lnt.messages import cardscript
+from lnt.sim.virtualcards import load_card
 from lnt.web.orderapi import key_check_value
 from tests.support import Daemon
 

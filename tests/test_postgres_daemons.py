@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lnt.sim.cards import CPUCard, load_card
+from lnt.sim.virtualcards import CPUCard, load_card
 from tests.support import Daemon
 from tests.test_ledger_contract import _drop, _postgres
 

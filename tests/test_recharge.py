@@ -15,15 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from lnt import cardscript
-from lnt.backends.core import CoreKeys
-from lnt.backends.database import result_of
-from lnt.backends.keys import CardKeyFile
+from lnt.coremodule import CoreKeys
+from lnt.crypto.securemsg import SMKeys
 from lnt.domain.loads import Verdict
-from lnt.flows.base import FlowContext, FlowSettings
-from lnt.flows.dispatch import DDServerFactory, FlowPlugin, FlowRegistry
-from lnt.recharge import DepositOp, Ins, parse_record, parse_value_block, value_block
-from lnt.records import (
+from lnt.domain.records import (
     CPU_BALANCE_LIMIT,
     CardKind,
     CardRefused,
@@ -33,9 +28,14 @@ from lnt.records import (
     PKICard,
     Platform,
 )
-from lnt.securemsg import SMKeys
-from lnt.sim.cards import CPUCard, M1Card
+from lnt.flows.base import FlowContext, FlowSettings
+from lnt.flows.dispatch import DDServerFactory, FlowPlugin, FlowRegistry
+from lnt.keyfiles import CardKeyFile
+from lnt.messages import cardscript
+from lnt.messages.purse import DepositOp, Ins, parse_record, parse_value_block, value_block
 from lnt.sim.reader import Reader
+from lnt.sim.virtualcards import CPUCard, M1Card
+from lnt.storage.database import result_of
 from lnt.wire import InfoCode, Response, encode_bcd, response_header
 from tests.fakes import Conn, SyncBackends, drive
 from tests.support import USER, request

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from lnt.recharge import parse_value_block
-from lnt.sim.cards import CPUCard, M1Card, load_card
+from lnt.messages.purse import parse_value_block
+from lnt.sim.virtualcards import CPUCard, M1Card, load_card
 from tests.support import Daemon
 
 pytestmark = pytest.mark.slow

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from lnt.backends.database import result_of
-from lnt.backends.keys import CardKeyFile, public_raw, sign
+from lnt.domain.records import PKICard, Session
 from lnt.flows.base import FlowContext, FlowProtocol, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowPlugin, FlowRegistry
-from lnt.records import PKICard, Session
-from lnt.signin import SW_OK, Login2Answer, login3_signed, transcript
+from lnt.keyfiles import CardKeyFile, public_raw, sign
+from lnt.messages.login import SW_OK, Login2Answer, login3_signed, transcript
 from lnt.sim.reader import Reader
+from lnt.storage.database import result_of
 from lnt.wire import InfoCode, Request, Response, response_header
 from tests.fakes import Conn, SyncBackends, drive
 from tests.support import USER, Daemon, request

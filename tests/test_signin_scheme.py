@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from lnt.backends.keys import key_from_scalar, public_raw, sign
-from lnt.signin import (
+from lnt.keyfiles import key_from_scalar, public_raw, sign
+from lnt.messages.login import (
     LABEL_2,
     LABEL_3,
     LABEL_CONFIRM,

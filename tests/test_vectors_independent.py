@@ -1,16 +1,16 @@
 """
 Independent test vectors for the card cryptography (docs/vectors.rst).
 
-The platform (L{lnt.pboc}, L{lnt.securemsg}) and the simulator's virtual card and reader compute
-with the same code, so a mistake in that code is shared by both sides and every end-to-end test
-still passes. This module holds a SECOND implementation of the same computations, written from
-docs/protocol.rst ("CPU purse load computation", "Secure messaging") with the C{cryptography}
-package and the standard library only: it imports neither L{lnt.pboc} nor L{lnt.securemsg} nor
-pycryptodome (C{Crypto.*}). The hex literals below were computed ONCE by this second
-implementation, never by the code under test, and the tests check that:
+The platform (L{lnt.crypto.pboc}, L{lnt.crypto.securemsg}) and the simulator's virtual card and
+reader compute with the same code, so a mistake in that code is shared by both sides and every end-
+to-end test still passes. This module holds a SECOND implementation of the same computations,
+written from docs/protocol.rst ("CPU purse load computation", "Secure messaging") with the
+C{cryptography} package and the standard library only: it imports neither L{lnt.crypto.pboc} nor
+L{lnt.crypto.securemsg} nor pycryptodome (C{Crypto.*}). The hex literals below were computed ONCE
+by this second implementation, never by the code under test, and the tests check that:
 
  - the second implementation still reproduces its literals (it guards itself);
- - L{lnt.pboc} and L{lnt.securemsg} reproduce exactly the same literals;
+ - L{lnt.crypto.pboc} and L{lnt.crypto.securemsg} reproduce exactly the same literals;
  - the published session-key vector holds for the second implementation;
  - for random inputs both implementations agree byte for byte (hypothesis);
  - plausible wrong variants (zero padding, the wrong half of the last block...) give other
@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lnt import pboc, securemsg
+from lnt.crypto import pboc, securemsg
 
 # ---------------------------------------------------------------------------------------------
 # The second implementation (cryptography + standard library only)
@@ -246,7 +246,7 @@ def test_independent_des_is_des() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# (b) lnt.pboc returns exactly the literals
+# (b) lnt.crypto.pboc returns exactly the literals
 # ---------------------------------------------------------------------------------------------
 
 
@@ -283,7 +283,7 @@ def test_pboc_whole_chain_from_the_master_keys() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# (c) lnt.securemsg seals to exactly the literals and opens them back
+# (c) lnt.crypto.securemsg seals to exactly the literals and opens them back
 # ---------------------------------------------------------------------------------------------
 
 

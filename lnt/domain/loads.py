@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from lnt.records import Load, LoadState, OrderState
+from lnt.domain.records import Load, LoadState, OrderState
 
 #: the moves an order may make; final states have none
 ORDER_MOVES: dict[OrderState, frozenset[OrderState]] = {

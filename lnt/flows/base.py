@@ -29,8 +29,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lnt.domain.records import Session
 from lnt.interfaces import IPKI, ICoreModule, ILedger
-from lnt.records import Session
 from lnt.wire import (
     NO_PKI,
     ChecksumError,

@@ -22,6 +22,7 @@ import struct
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
+from lnt.crypto.securemsg import SMError, SMKeys
 from lnt.domain.loads import (
     CPUReadBack,
     Decision,
@@ -31,8 +32,22 @@ from lnt.domain.loads import (
     decide_m1,
     m1_write_ruled_out,
 )
+from lnt.domain.records import (
+    CHINA,
+    CPU_BALANCE_LIMIT,
+    CardKind,
+    Conflict,
+    CPULoad,
+    Load,
+    LoadState,
+    MACError,
+    NotFound,
+    Order,
+    OrderState,
+    Session,
+)
 from lnt.flows.base import FlowError, FlowProtocol
-from lnt.recharge import (
+from lnt.messages.purse import (
     APPLICATION_MERCHANT_LOAD,
     DD13,
     DD15,
@@ -72,21 +87,6 @@ from lnt.recharge import (
     record,
     value_block,
 )
-from lnt.records import (
-    CHINA,
-    CPU_BALANCE_LIMIT,
-    CardKind,
-    Conflict,
-    CPULoad,
-    Load,
-    LoadState,
-    MACError,
-    NotFound,
-    Order,
-    OrderState,
-    Session,
-)
-from lnt.securemsg import SMError, SMKeys
 from lnt.wire import InfoCode, Request, decode_bcd, encode_bcd
 
 SW_OK = b"\x90\x00"

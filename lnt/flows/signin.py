@@ -1,5 +1,5 @@
 """
-Sign-in, DD01-DD08: the mutual authentication of L{lnt.signin}, ending in a durable session.
+Sign-in, DD01-DD08: the mutual authentication of L{lnt.messages.login}, ending in a durable session.
 
     DD01 (no info)         -> DD02 R_INIT
     DD03 R_INIT answer     -> DD04 R_AC_LOGIN_1, with the PKI number the terminal keeps
@@ -19,9 +19,9 @@ from typing import NoReturn
 
 from Crypto.PublicKey import ECC
 
-from lnt.backends.keys import CURVE, verify
 from lnt.flows.base import FlowError, FlowProtocol
-from lnt.signin import (
+from lnt.keyfiles import CURVE, verify
+from lnt.messages.login import (
     LABEL_2,
     R_AC_LOGIN_1,
     R_INIT,

@@ -46,13 +46,13 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 
-from lnt.backends.keys import CardKeyFile, KeyFileError
-from lnt.cardscript import IDENTIFY
-from lnt.recharge import DepositOp, Ins, parse_record, parse_value_block
-from lnt.sim.cards import Card, CPUCard, M1Card, load_card
+from lnt.keyfiles import CardKeyFile, KeyFileError
+from lnt.messages.cardscript import IDENTIFY
+from lnt.messages.purse import DepositOp, Ins, parse_record, parse_value_block
 from lnt.sim.orderclient import APIBroken, APIRefused, OrderClient
 from lnt.sim.reader import Reader
 from lnt.sim.terminal import FlowRefused, FlowResult, TerminalError, connect, run_flow
+from lnt.sim.virtualcards import Card, CPUCard, M1Card, load_card
 from lnt.wire import NO_PKI, InfoCode, Request, Response, describe_code, encode_bcd, header_name
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NETWORK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4

@@ -14,8 +14,9 @@ from typing import Any
 import treq
 from twisted.internet.interfaces import IReactorTime
 
-from lnt import cardscript, envelope
-from lnt.backends.keys import sign
+from lnt.crypto import envelope
+from lnt.keyfiles import sign
+from lnt.messages import cardscript
 from lnt.sim.reader import Reader
 
 VERSION = "v2"

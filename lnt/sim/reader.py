@@ -24,28 +24,10 @@ from pathlib import Path
 from Crypto.PublicKey import ECC
 from Crypto.Random import get_random_bytes
 
-from lnt.backends.keys import CURVE, CardKeyFile, sign, verify
-from lnt.recharge import (
-    DD73,
-    SIZE,
-    SIZE_M1_DD19,
-    CardInfo,
-    DepositInit,
-    DepositProcess,
-    Ins,
-    LoadContext,
-    LoadRecord,
-    M1Load,
-    PurseType,
-    ReaderStatus,
-    apdu_list,
-    m1_blocks_answer,
-    parse_apdu_list,
-    parse_value_block,
-)
-from lnt.records import CHINA
-from lnt.securemsg import SMError, SMKeys, refusal
-from lnt.signin import (
+from lnt.crypto.securemsg import SMError, SMKeys, refusal
+from lnt.domain.records import CHINA
+from lnt.keyfiles import CURVE, CardKeyFile, sign, verify
+from lnt.messages.login import (
     CLA,
     INS_INIT,
     INS_LOGIN_1,
@@ -73,7 +55,25 @@ from lnt.signin import (
     shared_secret,
     transcript,
 )
-from lnt.sim.cards import Card, CPUCard, M1Card
+from lnt.messages.purse import (
+    DD73,
+    SIZE,
+    SIZE_M1_DD19,
+    CardInfo,
+    DepositInit,
+    DepositProcess,
+    Ins,
+    LoadContext,
+    LoadRecord,
+    M1Load,
+    PurseType,
+    ReaderStatus,
+    apdu_list,
+    m1_blocks_answer,
+    parse_apdu_list,
+    parse_value_block,
+)
+from lnt.sim.virtualcards import Card, CPUCard, M1Card
 from lnt.wire import decode_bcd, encode_bcd
 
 COMMAND_PREFIX = 0x40

@@ -6,7 +6,7 @@ Form posts in (C{application/x-www-form-urlencoded}), JSON out: C{{"code": 1, "m
 ...}} when done, C{{"code": -1, "msg": "<what is wrong>"}} when refused. Each endpoint answers
 at both C{/v2_x} and C{/v2_x.html} (the demo posts to both). C{/v2_tocard} answers as soon as the
 order is durable; the card is verified and redeemed in the background (L{Processor}) and the
-merchant is notified through the outbox (L{lnt.web.notifier}).
+merchant is notified through the outbox (L{lnt.jobs.notifier}).
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from lnt.consign import ConsignError, decrypt_field, make_sign, verify_sign
-from lnt.interfaces import IConsignments, IIssuer, ILedger
-from lnt.logs import mask_card
-from lnt.records import (
+from lnt.crypto.consignsign import ConsignError, decrypt_field, make_sign, verify_sign
+from lnt.daemon.logs import mask_card
+from lnt.domain.records import (
     CPU_BALANCE_LIMIT,
     BatchFull,
     CardRefused,
@@ -38,6 +37,7 @@ from lnt.records import (
     Merchant,
     OrderState,
 )
+from lnt.interfaces import IConsignments, IIssuer, ILedger
 from lnt.web.json import finish_json, refuse_other_methods, write_json
 
 log = Logger()

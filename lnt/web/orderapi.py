@@ -1,6 +1,6 @@
 """
 The order API (source document 3.2): C{/APPLLogin}, C{/AcctQueryLNT}, C{/CreateAutoLoadOrder},
-JSON in the 3DES envelope of L{lnt.envelope}, answered in the same envelope.
+JSON in the 3DES envelope of L{lnt.crypto.envelope}, answered in the same envelope.
 
 Every API call is answered HTTP 200 with C{status} 1 (done) or 0 and an C{errmsg} that says
 exactly what is wrong. HTTP errors are only for what is no API call: another method than POST
@@ -32,12 +32,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from lnt import cardscript, envelope
-from lnt.backends.keys import verify
-from lnt.cardscript import ScriptError
-from lnt.interfaces import IPKI, ILedger
-from lnt.logs import mask_card
-from lnt.records import (
+from lnt.crypto import envelope
+from lnt.daemon.logs import mask_card
+from lnt.domain.records import (
     CHINA,
     CPU_BALANCE_LIMIT,
     CardIdentity,
@@ -48,6 +45,10 @@ from lnt.records import (
     OrderState,
     Session,
 )
+from lnt.interfaces import IPKI, ILedger
+from lnt.keyfiles import verify
+from lnt.messages import cardscript
+from lnt.messages.cardscript import ScriptError
 from lnt.web.json import finish_json, refuse_other_methods
 
 log = Logger()

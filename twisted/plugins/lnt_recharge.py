@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 lnt_recharge = ServiceMaker(
     "lnt-recharge",
-    "lnt.service",
+    "lnt.daemon.service",
     "Lingnan Tong recharge platform: terminal flows (DD frames) and HTTP APIs",
     "lnt-recharge",
 )

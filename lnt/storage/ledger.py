@@ -1,6 +1,6 @@
 """
 L{ILedger} over SQL: one implementation for SQLite and PostgreSQL (the differences live in
-L{lnt.backends.database.Engine}). Every public method is one transaction.
+L{lnt.storage.database.Engine}). Every public method is one transaction.
 
 Secrets at rest: session keys are sealed (AES-256-GCM) with the platform's storage key before
 they are written, so a copy of the database alone does not give them away.
@@ -14,25 +14,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from lnt.backends.cards import issued_card
-from lnt.backends.consignments import notify_topup
-from lnt.backends.database import Cursor, Transactor
-from lnt.backends.journal import (
-    ACCOUNT_AWAITING_LOAD,
-    ACCOUNT_CARD_FLOAT,
-    ACCOUNT_CONSIGNMENT_FEES,
-    ACCOUNT_REVERSED,
-    ACCOUNT_VOUCHERS_OUTSTANDING,
-    account_merchant,
-    account_platform,
-    post,
-)
-from lnt.backends.keys import Sealer
-from lnt.backends.schema import current_version
-from lnt.domain.cards import card_refusal
+from lnt.domain.eligibility import card_refusal
 from lnt.domain.loads import STALE_ORDER_MS, IllegalMove, Verdict, operator_decision
-from lnt.interfaces import ILedger
-from lnt.records import (
+from lnt.domain.records import (
     CHINA,
     AtRisk,
     CardIdentity,
@@ -51,6 +35,22 @@ from lnt.records import (
     ReconRow,
     Session,
 )
+from lnt.interfaces import ILedger
+from lnt.keyfiles import Sealer
+from lnt.storage.consignments import notify_topup
+from lnt.storage.database import Cursor, Transactor
+from lnt.storage.journal import (
+    ACCOUNT_AWAITING_LOAD,
+    ACCOUNT_CARD_FLOAT,
+    ACCOUNT_CONSIGNMENT_FEES,
+    ACCOUNT_REVERSED,
+    ACCOUNT_VOUCHERS_OUTSTANDING,
+    account_merchant,
+    account_platform,
+    post,
+)
+from lnt.storage.migrations import current_version
+from lnt.storage.registry import issued_card
 
 #: handshake serials are 16 decimal digits
 SERIAL_DIGITS = 16

@@ -41,16 +41,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lnt.backends.consignments import SQLConsignments
-from lnt.backends.database import DSN, SyncDatabase, result_of
-from lnt.backends.keys import CardKeyFile, KeyFileError, PlatformKeys
-from lnt.backends.ledger import SQLLedger
-from lnt.backends.pki import LedgerPKI
-from lnt.backends.schema import migrate
-from lnt.backends.vouchers import VoucherIssuer
+from lnt.daemon.logs import mask_card
 from lnt.domain.loads import Verdict
-from lnt.logs import mask_card
-from lnt.records import (
+from lnt.domain.records import (
     CHINA,
     AlreadyExists,
     CardKind,
@@ -60,6 +53,13 @@ from lnt.records import (
     NotFound,
     PKICard,
 )
+from lnt.keyfiles import CardKeyFile, KeyFileError, PlatformKeys
+from lnt.storage.consignments import SQLConsignments
+from lnt.storage.database import DSN, SyncDatabase, result_of
+from lnt.storage.ledger import SQLLedger
+from lnt.storage.migrations import migrate
+from lnt.storage.pkicards import LedgerPKI
+from lnt.storage.vouchers import VoucherIssuer
 
 
 class Refused(Exception):

@@ -32,25 +32,25 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 import lnt
-from lnt import systemd
-from lnt.backends.consignments import SQLConsignments
-from lnt.backends.core import CoreKeys, FileCoreModule
-from lnt.backends.database import DSN, Database, DatabaseConfigError
-from lnt.backends.keys import KeyFileError, PlatformKeys
-from lnt.backends.ledger import SQLLedger
-from lnt.backends.pki import LedgerPKI
-from lnt.backends.schema import SchemaTooNew, migrate
-from lnt.backends.vouchers import VoucherIssuer
-from lnt.config import SETTINGS, ConfigError, read_ini, resolve
-from lnt.demo import provision
+from lnt.coremodule import CoreKeys, FileCoreModule
+from lnt.daemon import systemd
+from lnt.daemon.config import SETTINGS, ConfigError, read_ini, resolve
+from lnt.daemon.demo import provision
 from lnt.flows.base import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowRegistry
+from lnt.jobs.notifier import Notifier
+from lnt.keyfiles import KeyFileError, PlatformKeys
+from lnt.storage.consignments import SQLConsignments
+from lnt.storage.database import DSN, Database, DatabaseConfigError
+from lnt.storage.ledger import SQLLedger
+from lnt.storage.migrations import SchemaTooNew, migrate
+from lnt.storage.pkicards import LedgerPKI
+from lnt.storage.vouchers import VoucherIssuer
 from lnt.web import consignapi, orderapi
 from lnt.web.consignapi import ConsignmentAPI, Processor
 from lnt.web.health import Health
 from lnt.web.json import Root
 from lnt.web.limits import limited_request
-from lnt.web.notifier import Notifier
 from lnt.web.orderapi import OrderAPI
 
 log = Logger()

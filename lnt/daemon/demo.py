@@ -19,16 +19,16 @@ from typing import Any
 from Crypto.Random import get_random_bytes
 from twisted.logger import Logger
 
-from lnt.backends.consignments import SQLConsignments
-from lnt.backends.core import CoreKeys
-from lnt.backends.database import DSN, SyncDatabase, result_of
-from lnt.backends.keys import CardKeyFile, PlatformKeys
-from lnt.backends.ledger import SQLLedger
-from lnt.backends.pki import LedgerPKI
-from lnt.backends.vouchers import VoucherIssuer
-from lnt.logs import mask_card
-from lnt.records import CardKind, Conflict, IssuedCard, PKICard, Platform
-from lnt.sim.cards import PURSE_SECTOR, Card, CPUCard, M1Card, load_card, save_new
+from lnt.coremodule import CoreKeys
+from lnt.daemon.logs import mask_card
+from lnt.domain.records import CardKind, Conflict, IssuedCard, PKICard, Platform
+from lnt.keyfiles import CardKeyFile, PlatformKeys
+from lnt.sim.virtualcards import PURSE_SECTOR, Card, CPUCard, M1Card, load_card, save_new
+from lnt.storage.consignments import SQLConsignments
+from lnt.storage.database import DSN, SyncDatabase, result_of
+from lnt.storage.ledger import SQLLedger
+from lnt.storage.pkicards import LedgerPKI
+from lnt.storage.vouchers import VoucherIssuer
 
 log = Logger()
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from Crypto.Random import get_random_bytes
 
-from lnt import pboc
-from lnt.recharge import value_block
-from lnt.records import CPU_BALANCE_LIMIT
+from lnt.crypto import pboc
+from lnt.domain.records import CPU_BALANCE_LIMIT
+from lnt.messages.purse import value_block
 from lnt.wire import encode_bcd
 
 SW_OK = b"\x90\x00"

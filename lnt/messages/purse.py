@@ -3,8 +3,8 @@ The recharge and open/close-card reader messages (DD11-DD22, DD73/DD74): their l
 by the platform's flows and the simulator's reader. docs/protocol.rst ("Recharge") is the
 normative text; every size here is the field terminal's (SPEC-NOTES section 5).
 
-Reader commands are protected with L{lnt.securemsg}; the sizes below are of the plaintext that
-travels inside (the stage's info size less the secure-messaging overhead).
+Reader commands are protected with L{lnt.crypto.securemsg}; the sizes below are of the plaintext
+that travels inside (the stage's info size less the secure-messaging overhead).
 """
 
 from __future__ import annotations

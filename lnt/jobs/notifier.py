@@ -25,8 +25,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lnt.domain.records import Notification
 from lnt.interfaces import IConsignments
-from lnt.records import Notification
 from lnt.web.consignapi import http_url
 
 log = Logger()

@@ -2,8 +2,8 @@
 L{ICoreModule} over a key file: the card issuer's master keys (load, TAC, M1) in
 C{<data-dir>/core-keys.json} (mode 0600, created on first start when missing).
 
-The computation is L{lnt.pboc}'s; keys never leave this object except M1 sector keys, which the
-recharge flow wraps at once in the terminal session's protection.
+The computation is L{lnt.crypto.pboc}'s; keys never leave this object except M1 sector keys, which
+the recharge flow wraps at once in the terminal session's protection.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from lnt import pboc
-from lnt.backends.keys import KeyFileError, read_key_file, write_key_file
+from lnt.crypto import pboc
+from lnt.domain.records import CPULoad, MACError
 from lnt.interfaces import ICoreModule
-from lnt.records import CPULoad, MACError
+from lnt.keyfiles import KeyFileError, read_key_file, write_key_file
 
 CORE_KEY_FORMAT = "lnt-core-keys/1"
 #: the load key version the shipped key file holds

@@ -5,7 +5,7 @@ payment or merchant debit is taken for a load that can never happen. Pure, no I/
 
 from __future__ import annotations
 
-from lnt.records import CPU_BALANCE_LIMIT, CardKind, CardState, IssuedCard
+from lnt.domain.records import CPU_BALANCE_LIMIT, CardKind, CardState, IssuedCard
 
 
 def card_refusal(issued: IssuedCard | None, kind: CardKind | None = None,

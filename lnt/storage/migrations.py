@@ -7,7 +7,7 @@ version. A database newer than this code is refused (an older daemon must not wr
 Several daemons starting at once against one PostgreSQL database serialise on an advisory lock.
 
 Never edit a migration that has shipped: add the next one. Column types written C{{bigint}},
-C{{bytes}}, C{{serial}} are filled in per engine (see L{lnt.backends.database.Engine}).
+C{{bytes}}, C{{serial}} are filled in per engine (see L{lnt.storage.database.Engine}).
 Timestamps are integer milliseconds since the epoch (UTC); money is integer fen.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from twisted.logger import Logger
 
-from lnt.backends.database import DSN, Cursor, DBConnection, run_transaction
+from lnt.storage.database import DSN, Cursor, DBConnection, run_transaction
 
 log = Logger()
 

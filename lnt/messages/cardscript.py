@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lnt.records import CardIdentity, CardKind
+from lnt.domain.records import CardIdentity, CardKind
 from lnt.wire import decode_bcd
 
 SW_OK = b"\x90\x00"

@@ -5,8 +5,8 @@ the caller's transaction by every store that takes money for a card (orders, mer
 
 from __future__ import annotations
 
-from lnt.backends.database import Cursor
-from lnt.records import CardKind, CardState, IssuedCard
+from lnt.domain.records import CardKind, CardState, IssuedCard
+from lnt.storage.database import Cursor
 
 
 def issued_card(cur: Cursor, logical_no: str) -> IssuedCard | None:

@@ -5,7 +5,7 @@ caller's transaction. Balances are never stored: they are sums of postings.
 
 from __future__ import annotations
 
-from lnt.backends.database import Cursor
+from lnt.storage.database import Cursor
 
 ACCOUNT_AWAITING_LOAD = "orders:awaiting-load"
 ACCOUNT_CARD_FLOAT = "cards:float"

@@ -3,9 +3,9 @@ Logging for operators: a twistd observer for journald, and the masking helpers t
 numbers out of logs.
 
 Under systemd the journal timestamps every line itself, so the observer L{journal_observer}
-(C{twistd --logger lnt.logs.journal_observer}) writes C{<priority>[namespace] message} with no
-timestamp of its own; the C{<N>} prefix is the syslog priority that journald reads from a
-stream (sd-daemon(3)), so C{journalctl -p warning} works.
+(C{twistd --logger lnt.daemon.logs.journal_observer}) writes C{<priority>[namespace] message} with
+no timestamp of its own; the C{<N>} prefix is the syslog priority that journald reads from a stream
+(sd-daemon(3)), so C{journalctl -p warning} works.
 """
 
 from __future__ import annotations

@@ -16,20 +16,9 @@ from urllib.parse import urlencode
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from lnt.backends.cards import issued_card
-from lnt.backends.database import Cursor, Transactor
-from lnt.backends.journal import (
-    ACCOUNT_AWAITING_LOAD,
-    ACCOUNT_CONSIGNMENT_FEES,
-    ACCOUNT_VOUCHERS_OUTSTANDING,
-    account_merchant,
-    post,
-)
-from lnt.backends.keys import Sealer
-from lnt.consign import make_sign
-from lnt.domain.cards import card_refusal
-from lnt.interfaces import IConsignments
-from lnt.records import (
+from lnt.crypto.consignsign import make_sign
+from lnt.domain.eligibility import card_refusal
+from lnt.domain.records import (
     CHINA,
     AlreadyExists,
     BatchFull,
@@ -44,6 +33,17 @@ from lnt.records import (
     Order,
     OrderState,
 )
+from lnt.interfaces import IConsignments
+from lnt.keyfiles import Sealer
+from lnt.storage.database import Cursor, Transactor
+from lnt.storage.journal import (
+    ACCOUNT_AWAITING_LOAD,
+    ACCOUNT_CONSIGNMENT_FEES,
+    ACCOUNT_VOUCHERS_OUTSTANDING,
+    account_merchant,
+    post,
+)
+from lnt.storage.registry import issued_card
 
 BATCH_LIMIT = 2000
 #: the pseudo platform of merchants' top-ups

@@ -10,10 +10,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from lnt.backends.database import Cursor, Transactor
-from lnt.backends.keys import PlatformKeys, public_from_raw
+from lnt.domain.records import AlreadyExists, CardStatus, PKICard
 from lnt.interfaces import IPKI
-from lnt.records import AlreadyExists, CardStatus, PKICard
+from lnt.keyfiles import PlatformKeys, public_from_raw
+from lnt.storage.database import Cursor, Transactor
 
 _COLUMNS = "pki_no, user_id, public_key, key_version, status"
 

@@ -37,7 +37,7 @@ from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
 
-from lnt.backends.keys import public_from_raw, public_raw
+from lnt.keyfiles import public_from_raw, public_raw
 
 SW_OK = b"\x90\x00"
 #: the reader's status words for what goes wrong inside it

@@ -22,11 +22,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from lnt.backends.database import Cursor, Transactor
-from lnt.backends.journal import ACCOUNT_VOUCHERS_OUTSTANDING, ACCOUNT_VOUCHERS_SOLD, post
+from lnt.daemon.logs import mask_card
+from lnt.domain.records import Redemption
 from lnt.interfaces import IIssuer
-from lnt.logs import mask_card
-from lnt.records import Redemption
+from lnt.storage.database import Cursor, Transactor
+from lnt.storage.journal import ACCOUNT_VOUCHERS_OUTSTANDING, ACCOUNT_VOUCHERS_SOLD, post
 
 PBKDF2_ROUNDS = 100_000
 

@@ -1,0 +1,3 @@
+"""
+The daemon's wiring: options, the service tree, systemd, logs, demo data.
+"""

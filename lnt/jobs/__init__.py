@@ -1,0 +1,3 @@
+"""
+Background work of the daemon: the consignment processor and the notifier.
+"""

@@ -1,0 +1,3 @@
+"""
+Everything SQL: the database runner and its engines, the migrations, one store per area.
+"""
