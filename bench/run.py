@@ -25,8 +25,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from lnt.coremodule import CoreKeys
-from lnt.keyfiles import CardKeyFile
+from lnt.keyfiles import CardKeyFile, CoreKeys
 from lnt.sim.cli import Terminal
 from lnt.sim.virtualcards import CPUCard, save_new
 from lnt.wire import FrameDecoder, Request

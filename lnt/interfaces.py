@@ -1,10 +1,11 @@
 """
-The contracts between the parts of the daemon.
+The contracts of the backends.
 
-Flows (L{IFlow}) talk to the backends only through L{IPKI}, L{ILedger} (and, for loads, the
-core module interface of L{lnt.backends}); the web APIs likewise. An implementation is any object
-that provides the interface: the shipped ones are in L{lnt.backends}, a hardware security module
-or another database would be another implementation of the same interface.
+Flows (L{lnt.flows.context.IFlow}) talk to the backends only through
+L{IPKI}, L{ILedger} and L{ICoreModule}; the web APIs and jobs likewise. An implementation is any
+object that provides the interface: the shipped ones are in L{lnt.storage} and
+L{lnt.coremodule}; a hardware security module or another database would be another
+implementation of the same interface.
 
 Every method that may touch a disk, a database or another process returns a L{Deferred}; methods
 that are pure computation return their value.
@@ -14,11 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
-    from twisted.internet.interfaces import IProtocol
 
     from lnt.domain.loads import Verdict
     from lnt.domain.records import (
@@ -39,28 +39,6 @@ if TYPE_CHECKING:
         Redemption,
         Session,
     )
-    from lnt.flows.base import FlowContext
-
-
-class IFlow(Interface):
-    """
-    A DD flow, found by Twisted plugin discovery (C{twisted.plugin.getPlugins(IFlow)}).
-
-    The listening protocol reads a connection's first frame, looks its header up among the
-    flows' C{first_header}s and hands the connection, with the bytes already read, to the
-    protocol that C{buildProtocol} returns. Two flows claiming one header stop the daemon at
-    start with an error naming both.
-    """
-
-    name: str = Attribute("Short name for logs and --help, e.g. C{'sign-in'}.")
-    first_header: int = Attribute("Header of the flow's first request stage, e.g. C{0xDD01}.")
-    description: str = Attribute("One line saying what the flow does.")
-
-    def buildProtocol(context: FlowContext) -> IProtocol:
-        """
-        A new protocol for one connection. It receives C{makeConnection} and then every byte
-        of the connection, starting with its first frame.
-        """
 
 
 class IPKI(Interface):

@@ -1,11 +1,7 @@
 """
-Key material: EC key pairs (platform and PKI cards), and the sealer that protects secrets
-stored in the ledger.
-
-All EC keys are NIST P-256. On the wire a public key is 64 bytes (X || Y, big-endian) and a
-signature 64 bytes (r || s): both fit the 128-byte slots of the sign-in stages together.
-Signatures are ECDSA over SHA-256 with deterministic nonces (RFC 6979), so that the test vectors
-of docs/protocol.rst are reproducible; verification accepts any valid signature.
+Key files: the platform's key pair and storage key, a PKI card's key (the simulator's), the card
+issuer's master keys (the core module's). The keys themselves are L{lnt.crypto.ec} and
+L{lnt.crypto.sealing}; this module reads and writes the files.
 
 Key files are JSON, created with mode 0600 and never rewritten in place. Their content never
 reaches a log or an error message: errors name the file, not what is in it.
@@ -14,19 +10,17 @@ reaches a log or an error message: errors name the file, not what is in it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from Crypto.Cipher import AES
-from Crypto.Hash import SHA256
 from Crypto.PublicKey import ECC
 from Crypto.Random import get_random_bytes
-from Crypto.Signature import DSS
 
-CURVE = "P-256"
-PUBLIC_KEY_SIZE = 64
-SIGNATURE_SIZE = 64
+from lnt.crypto import pboc
+from lnt.crypto.ec import CURVE, public_raw, sign
+from lnt.crypto.sealing import Sealer
+from lnt.jsonfile import write_json_atomically
+
 PLATFORM_KEY_FORMAT = "lnt-platform-key/1"
 CARD_KEY_FORMAT = "lnt-pki-card-key/1"
 
@@ -35,78 +29,8 @@ class KeyFileError(Exception):
     """A key file is missing, unreadable, too open, or not a key file of the expected kind."""
 
 
-def public_raw(key: ECC.EccKey) -> bytes:
-    """64-byte X || Y of a key's public point."""
-    return bytes(key.public_key().export_key(format="raw"))[1:]
-
-
-def public_from_raw(raw: bytes) -> ECC.EccKey:
-    """The inverse of L{public_raw}; L{ValueError} if it is not a point on the curve."""
-    if len(raw) != PUBLIC_KEY_SIZE:
-        raise ValueError(f"public key must be {PUBLIC_KEY_SIZE} bytes")
-    key = ECC.import_key(b"\x04" + raw, curve_name=CURVE)
-    # pycryptodome reads (0, 0) as the point at infinity; it is no public key.
-    if key.pointQ.is_point_at_infinity():
-        raise ValueError("public key is the point at infinity")
-    return key
-
-
-def sign(key: ECC.EccKey, data: bytes) -> bytes:
-    return bytes(DSS.new(key, "deterministic-rfc6979").sign(SHA256.new(data)))
-
-
-def verify(public_key: bytes, data: bytes, signature: bytes) -> bool:
-    """C{True} only for a valid signature by C{public_key}; never raises on bad input."""
-    if len(signature) != SIGNATURE_SIZE:
-        return False
-    try:
-        DSS.new(public_from_raw(public_key), "fips-186-3").verify(SHA256.new(data), signature)
-    except ValueError:
-        return False
-    return True
-
-
-def key_from_scalar(d: int) -> ECC.EccKey:
-    """A private key with a given scalar (test vectors only)."""
-    return ECC.construct(curve=CURVE, d=d)
-
-
-class Sealer:
-    """
-    AES-256-GCM with a 32-byte key: C{seal} gives nonce (12) || ciphertext || tag (16), bound
-    to an associated label so that a sealed value cannot be moved to another row.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ValueError("storage key must be 32 bytes")
-        self._key = key
-
-    def seal(self, plaintext: bytes, label: bytes) -> bytes:
-        nonce = get_random_bytes(12)
-        cipher = AES.new(self._key, AES.MODE_GCM, nonce=nonce)
-        cipher.update(label)
-        ct, tag = cipher.encrypt_and_digest(plaintext)
-        return nonce + ct + tag
-
-    def open(self, sealed: bytes, label: bytes) -> bytes:
-        if len(sealed) < 28:
-            raise ValueError("sealed value too short")
-        cipher = AES.new(self._key, AES.MODE_GCM, nonce=sealed[:12])
-        cipher.update(label)
-        return bytes(cipher.decrypt_and_verify(sealed[12:-16], sealed[-16:]))
-
-
 def write_key_file(path: Path, content: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(content, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json_atomically(path, content, 0o600)
 
 
 def read_key_file(path: Path, fmt: str) -> dict[str, str]:
@@ -219,3 +143,42 @@ class CardKeyFile:
         cls, pki_no: int, key_version: int, user_id: bytes, platform_public_key: bytes
     ) -> CardKeyFile:
         return cls(pki_no, ECC.generate(curve=CURVE), key_version, user_id, platform_public_key)
+
+
+CORE_KEY_FORMAT = "lnt-core-keys/1"
+
+
+@dataclass(frozen=True)
+class CoreKeys:
+    master_load_key: bytes
+    master_tac_key: bytes
+    m1_master_key: bytes
+
+    @classmethod
+    def load(cls, path: Path) -> CoreKeys:
+        content = read_key_file(path, CORE_KEY_FORMAT)
+        try:
+            keys = cls(*(bytes.fromhex(content[k]) for k in
+                         ("master_load_key", "master_tac_key", "m1_master_key")))
+        except (KeyError, ValueError):
+            raise KeyFileError(f"key file {path} is damaged") from None
+        if any(len(k) != 16 for k in (keys.master_load_key, keys.master_tac_key,
+                                      keys.m1_master_key)):
+            raise KeyFileError(f"key file {path} is damaged")
+        return keys
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> CoreKeys:
+        if path.exists():
+            return cls.load(path)
+        keys = cls(get_random_bytes(16), get_random_bytes(16), get_random_bytes(16))
+        write_key_file(path, {"format": CORE_KEY_FORMAT,
+                          "master_load_key": keys.master_load_key.hex(),
+                          "master_tac_key": keys.master_tac_key.hex(),
+                          "m1_master_key": keys.m1_master_key.hex()})
+        return keys
+
+    def m1_sector_key(self, physical_no: bytes, sector: int) -> bytes:
+        """An M1 sector key: 3DES(M1 master, physical number with its last byte XOR sector)."""
+        block = physical_no[:7] + bytes((physical_no[7] ^ sector,))
+        return pboc.tdes(self.m1_master_key, block)[:6]

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from lnt.coremodule import CoreKeys, FileCoreModule
+from lnt.coremodule import FileCoreModule
+from lnt.crypto.ec import key_from_scalar
 from lnt.flows.dispatch import DDServerFactory, DispatchProtocol
-from lnt.keyfiles import PlatformKeys, key_from_scalar
+from lnt.keyfiles import CoreKeys, PlatformKeys
 from lnt.storage.database import DSN, SyncDatabase
 from lnt.storage.ledger import SQLLedger
 from lnt.storage.migrations import migrate

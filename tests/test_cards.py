@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lnt.coremodule import CoreKeys, FileCoreModule
+from lnt.coremodule import FileCoreModule
 from lnt.crypto import pboc
 from lnt.domain.records import CPU_BALANCE_LIMIT, CardKind, CPULoad, MACError
+from lnt.keyfiles import CoreKeys
 from lnt.messages import cardscript
 from lnt.messages.cardscript import IDENTIFY, Answer, ScriptError, Step, identify
 from lnt.messages.purse import LoadRecord, parse_value_block, value_block

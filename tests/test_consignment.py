@@ -461,8 +461,8 @@ def test_a_timed_out_redemption_is_finished_by_the_sweep_and_paid_once() -> None
     from twisted.internet.defer import Deferred, succeed
     from twisted.internet.task import Clock
 
+    from lnt.jobs.processor import Processor
     from lnt.storage.vouchers import PBKDF2_ROUNDS, VoucherIssuer
-    from lnt.web.consignapi import Processor
 
     clock = Clock()
     b = SyncBackends()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from lnt.flows.base import FlowContext, FlowSettings
+from lnt.flows.context import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowPlugin, FlowRegistry
 from lnt.wire import NO_PKI, FlowIndicator, InfoCode
 from tests.fakes import Conn, SyncBackends

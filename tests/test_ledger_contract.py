@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 
+from lnt.crypto.ec import key_from_scalar
 from lnt.domain.loads import Verdict
 from lnt.domain.records import (
     AlreadyExists,
@@ -37,7 +38,7 @@ from lnt.domain.records import (
     PKICard,
     Platform,
 )
-from lnt.keyfiles import CardKeyFile, PlatformKeys, key_from_scalar
+from lnt.keyfiles import CardKeyFile, PlatformKeys
 from lnt.storage.database import DSN, Database, DatabaseConfigError, SyncDatabase, result_of
 from lnt.storage.journal import UnbalancedEntry, post
 from lnt.storage.ledger import SQLLedger

@@ -42,10 +42,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from lnt.coremodule import CoreKeys
 from lnt.domain.loads import Verdict
 from lnt.domain.records import CardKind, IssuedCard, OrderState
-from lnt.keyfiles import CardKeyFile, PlatformKeys
+from lnt.keyfiles import CardKeyFile, CoreKeys, PlatformKeys
 from lnt.messages.purse import LoadRecord, parse_value_block, value_block
 from lnt.sim.cli import Terminal
 from lnt.sim.terminal import FlowRefused, TerminalError, connect, run_flow

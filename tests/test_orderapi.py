@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from lnt.crypto import envelope
-from lnt.keyfiles import CardKeyFile, sign
+from lnt.crypto.ec import sign
+from lnt.keyfiles import CardKeyFile
 from lnt.messages import cardscript
 from lnt.sim.virtualcards import load_card
 from lnt.web.orderapi import key_check_value

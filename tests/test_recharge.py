@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from lnt.coremodule import CoreKeys
 from lnt.crypto.securemsg import SMKeys
 from lnt.domain.loads import Verdict
 from lnt.domain.records import (
@@ -28,9 +27,9 @@ from lnt.domain.records import (
     PKICard,
     Platform,
 )
-from lnt.flows.base import FlowContext, FlowSettings
+from lnt.flows.context import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowPlugin, FlowRegistry
-from lnt.keyfiles import CardKeyFile
+from lnt.keyfiles import CardKeyFile, CoreKeys
 from lnt.messages import cardscript
 from lnt.messages.purse import DepositOp, Ins, parse_record, parse_value_block, value_block
 from lnt.sim.reader import Reader
@@ -44,7 +43,7 @@ PKI, PKI2 = 70000472, 70000473
 USER2 = b"TERMINAL-0000002"
 FLOWS = [FlowPlugin("sign-in", 0xDD01, "lnt.flows.signin.SignInFlow"),
          FlowPlugin("recharge", 0xDD11, "lnt.flows.recharge.RechargeFlow"),
-         FlowPlugin("deposit", 0xDD73, "lnt.flows.recharge.DepositFlow")]
+         FlowPlugin("deposit", 0xDD73, "lnt.flows.deposit.DepositFlow")]
 
 Execute = Callable[[bytes], bytes]
 

@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
+from lnt.crypto.ec import public_raw, sign
 from lnt.domain.records import PKICard, Session
-from lnt.flows.base import FlowContext, FlowProtocol, FlowSettings
+from lnt.flows.base import FlowProtocol
+from lnt.flows.context import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowPlugin, FlowRegistry
-from lnt.keyfiles import CardKeyFile, public_raw, sign
-from lnt.messages.login import SW_OK, Login2Answer, login3_signed, transcript
+from lnt.keyfiles import CardKeyFile
+from lnt.messages.login import Login2Answer, login3_signed, transcript
+from lnt.messages.statuswords import SW_OK
 from lnt.sim.reader import Reader
 from lnt.storage.database import result_of
 from lnt.wire import InfoCode, Request, Response, response_header

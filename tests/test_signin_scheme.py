@@ -14,13 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from lnt.keyfiles import key_from_scalar, public_raw, sign
+from lnt.crypto.ec import key_from_scalar, public_raw, sign
 from lnt.messages.login import (
     LABEL_2,
     LABEL_3,
     LABEL_CONFIRM,
     LABEL_KEYS,
-    SW_OK,
     InitAnswer,
     Login1Answer,
     Login2Answer,
@@ -31,6 +30,7 @@ from lnt.messages.login import (
     shared_secret,
     transcript,
 )
+from lnt.messages.statuswords import SW_OK
 
 CARD_D = int("11" * 32, 16)
 PLATFORM_D = int("22" * 32, 16)

@@ -41,8 +41,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lnt.daemon.logs import mask_card
 from lnt.domain.loads import Verdict
+from lnt.domain.masking import mask_card
 from lnt.domain.records import (
     CHINA,
     AlreadyExists,

@@ -11,7 +11,6 @@ plain files next to the ledger and protect nothing.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ from typing import Any
 from Crypto.Random import get_random_bytes
 from twisted.logger import Logger
 
-from lnt.coremodule import CoreKeys
-from lnt.daemon.logs import mask_card
+from lnt.domain.masking import mask_card
 from lnt.domain.records import CardKind, Conflict, IssuedCard, PKICard, Platform
-from lnt.keyfiles import CardKeyFile, PlatformKeys
+from lnt.jsonfile import write_json_atomically
+from lnt.keyfiles import CardKeyFile, CoreKeys, PlatformKeys
 from lnt.sim.virtualcards import PURSE_SECTOR, Card, CPUCard, M1Card, load_card, save_new
 from lnt.storage.consignments import SQLConsignments
 from lnt.storage.database import DSN, SyncDatabase, result_of
@@ -48,10 +47,8 @@ def load_demo(data_dir: Path) -> dict[str, Any]:
 
 
 def _write(data_dir: Path, content: dict[str, Any]) -> None:
-    path = data_dir / DEMO_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    # it names demo keys and voucher passwords: readable by the owner only
+    write_json_atomically(data_dir / DEMO_FILE, content, 0o600)
 
 
 def provision(data_dir: Path, dsn: DSN, keys: PlatformKeys, core: CoreKeys) -> dict[str, Any]:

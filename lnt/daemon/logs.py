@@ -1,6 +1,6 @@
 """
-Logging for operators: a twistd observer for journald, and the masking helpers that keep card
-numbers out of logs.
+Logging for operators: a twistd observer for journald (card numbers are masked where they are
+logged, with L{lnt.domain.masking.mask_card}).
 
 Under systemd the journal timestamps every line itself, so the observer L{journal_observer}
 (C{twistd --logger lnt.daemon.logs.journal_observer}) writes C{<priority>[namespace] message} with
@@ -46,10 +46,3 @@ def format_journal_event(event: LogEvent) -> str | None:
 def journal_observer(out: TextIO | None = None) -> ILogObserver:
     """The observer factory for C{twistd --logger}: one line per event, no timestamp."""
     return FileLogObserver(out or sys.stdout, format_journal_event)
-
-
-def mask_card(number: str) -> str:
-    """C{"1000123456789012"} -> C{"1000********9012"}: enough to tell cards apart."""
-    if len(number) <= 8:
-        return "*" * len(number)
-    return number[:4] + "*" * (len(number) - 8) + number[-4:]

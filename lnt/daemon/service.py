@@ -14,7 +14,6 @@ seconds to finish (then are aborted), then the ledger is closed.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from pathlib import Path
@@ -32,14 +31,16 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 import lnt
-from lnt.coremodule import CoreKeys, FileCoreModule
+from lnt.coremodule import FileCoreModule
 from lnt.daemon import systemd
 from lnt.daemon.config import SETTINGS, ConfigError, read_ini, resolve
 from lnt.daemon.demo import provision
-from lnt.flows.base import FlowContext, FlowSettings
+from lnt.flows.context import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowRegistry
 from lnt.jobs.notifier import Notifier
-from lnt.keyfiles import KeyFileError, PlatformKeys
+from lnt.jobs.processor import Processor
+from lnt.jsonfile import write_json_atomically
+from lnt.keyfiles import CoreKeys, KeyFileError, PlatformKeys
 from lnt.storage.consignments import SQLConsignments
 from lnt.storage.database import DSN, Database, DatabaseConfigError
 from lnt.storage.ledger import SQLLedger
@@ -47,7 +48,7 @@ from lnt.storage.migrations import SchemaTooNew, migrate
 from lnt.storage.pkicards import LedgerPKI
 from lnt.storage.vouchers import VoucherIssuer
 from lnt.web import consignapi, orderapi
-from lnt.web.consignapi import ConsignmentAPI, Processor
+from lnt.web.consignapi import ConsignmentAPI
 from lnt.web.health import Health
 from lnt.web.json import Root
 from lnt.web.limits import limited_request
@@ -159,10 +160,7 @@ class RechargeService(MultiService):
             str(s.name): s.address() for s in self if isinstance(s, ListenerService)
         }
         listening["pid"] = os.getpid()
-        path = self.data_dir / "listening.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(listening, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomically(self.data_dir / "listening.json", listening, 0o644)
         systemd.notify("READY=1")
         log.info("lnt-recharge {version} ready", version=lnt.__version__)
 

@@ -19,18 +19,17 @@ Timeouts (all on C{context.clock}, so tests drive them with L{twisted.internet.t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.interfaces import IDelayedCall, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lnt.domain.records import Session
-from lnt.interfaces import IPKI, ICoreModule, ILedger
+from lnt.flows.context import FlowContext
 from lnt.wire import (
     NO_PKI,
     ChecksumError,
@@ -45,34 +44,6 @@ from lnt.wire import (
 )
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class FlowSettings:
-    """The limits every flow obeys; the daemon's options set them."""
-
-    #: seconds without a complete frame before the connection is closed
-    idle_timeout: float = 30.0
-    #: seconds a whole flow may take, first frame to last answer
-    flow_deadline: float = 120.0
-    #: seconds a backend call may take before the flow answers DD (system busy)
-    backend_timeout: float = 10.0
-    #: lifetime of a sign-in session, seconds
-    session_ttl: float = 24 * 3600.0
-
-
-@dataclass
-class FlowContext:
-    """What a flow may use: the backends (through their interfaces only) and a clock."""
-
-    ledger: ILedger
-    pki: IPKI
-    core: ICoreModule
-    clock: IReactorTime
-    settings: FlowSettings = field(default_factory=FlowSettings)
-
-    def now_ms(self) -> int:
-        return int(self.clock.seconds() * 1000)
 
 
 class FlowError(Exception):

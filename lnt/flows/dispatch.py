@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lnt.interfaces import IFlow
+from lnt.flows.context import IFlow
 from lnt.wire import (
     MAX_FRAME_SIZE,
     NO_PKI,
@@ -49,7 +49,7 @@ from lnt.wire import (
 )
 
 if TYPE_CHECKING:
-    from lnt.flows.base import FlowContext
+    from lnt.flows.context import FlowContext
 
 log = Logger()
 

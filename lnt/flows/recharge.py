@@ -19,10 +19,8 @@ proof of the load, or an online serial that did not move; M1: the purse value).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-from lnt.crypto.securemsg import SMError, SMKeys
 from lnt.domain.loads import (
     CPUReadBack,
     Decision,
@@ -44,9 +42,9 @@ from lnt.domain.records import (
     NotFound,
     Order,
     OrderState,
-    Session,
 )
-from lnt.flows.base import FlowError, FlowProtocol
+from lnt.flows.base import FlowError
+from lnt.flows.secure import SecureFlow, terminal_id
 from lnt.messages.purse import (
     APPLICATION_MERCHANT_LOAD,
     DD13,
@@ -66,9 +64,7 @@ from lnt.messages.purse import (
     SIZE_M1_DD18,
     SIZE_M1_DD19,
     CardInfo,
-    DepositInit,
     DepositOp,
-    DepositProcess,
     InitAnswer,
     Ins,
     LayoutError,
@@ -87,54 +83,14 @@ from lnt.messages.purse import (
     record,
     value_block,
 )
+from lnt.messages.statuswords import SW_NO_RECORD, SW_OK
 from lnt.wire import InfoCode, Request, decode_bcd, encode_bcd
 
-SW_OK = b"\x90\x00"
-SW_NO_RECORD = b"\x6a\x83"
-#: secure-messaging sequence numbers one flow may use
-SEQS_PER_FLOW = 8
 #: seconds beyond the flow deadline before an M1 load that was sent can be ruled out
 M1_CLOCK_MARGIN = 60
 
 
-def terminal_id(pki_no: int) -> bytes:
-    """The reader's 6-byte terminal ID: its PKI number, 12 BCD digits."""
-    return encode_bcd(str(pki_no), 6)
-
-
-class _SecureFlow(FlowProtocol):
-    """What both card flows share: secure messaging with the reader."""
-
-    sm: SMKeys
-    _seqs: Iterator[int]
-
-    async def _start_sm(self, session: Session) -> None:
-        self.sm = SMKeys.from_session(session.session_key)
-        try:
-            first = await self.backend(
-                self.context.ledger.reserve_sm_seq(session.pki_no, session.serial,
-                                                   SEQS_PER_FLOW), "reserve sm seq")
-        except NotFound:
-            raise FlowError(InfoCode.NOT_SIGNED_IN, "session replaced during the flow") from None
-        self._seqs = iter(range(first, first + SEQS_PER_FLOW))
-
-    def _seq(self) -> int:
-        return next(self._seqs)
-
-    def _open(self, request: Request, seq: int, size: int, what: str) -> bytes:
-        """The plaintext of a protected reader answer of exactly C{size} bytes."""
-        info = self.expect_info(request, size, what)
-        sw = info[-2:]
-        if sw != SW_OK:
-            raise FlowError(InfoCode.READER_ERROR, f"reader answered {what} with SW {sw.hex()}")
-        try:
-            _, plaintext, _ = self.sm.open_answer(info, seq)
-        except SMError as e:
-            raise FlowError(InfoCode.READER_ERROR, f"{what}: {e}") from None
-        return plaintext
-
-
-class RechargeFlow(_SecureFlow):
+class RechargeFlow(SecureFlow):
     name = "recharge"
 
     async def run(self, dd11: Request) -> None:
@@ -468,51 +424,3 @@ class RechargeFlow(_SecureFlow):
             raise FlowError(InfoCode.REVERSAL_DONE, f"order {load.order_no} reversed")
         raise FlowError(InfoCode.REVERSAL_FAILED,
                         f"order {load.order_no} stays in doubt: {decision.reason}")
-
-
-class DepositFlow(_SecureFlow):
-    """
-    Open/close card, DD73/DD74: the reader's R_DEPOSIT_INIT answer (made on its own
-    initiative, sealed with its deposit counter) -> the platform records the operation and
-    answers R_DEPOSIT_PROCESS, which the reader executes on the card.
-    """
-
-    name = "card-deposit"
-
-    async def run(self, dd73: Request) -> None:
-        ctx = self.context
-        session = await self.require_session(dd73)
-        info = self.expect_info(dd73, SIZE[0xDD73], "R_DEPOSIT_INIT answer")
-        if info[-2:] != SW_OK:
-            raise FlowError(InfoCode.READER_ERROR, f"reader answered SW {info[-2:].hex()}")
-        self.sm = SMKeys.from_session(session.session_key)
-        try:
-            counter, plaintext, _ = self.sm.open_answer(info, None, b"I")
-            init = DepositInit.decode(plaintext)
-        except (SMError, LayoutError) as e:
-            raise FlowError(InfoCode.READER_ERROR, f"R_DEPOSIT_INIT answer: {e}") from None
-        if not await self.backend(ctx.ledger.note_deposit_seq(session.pki_no, counter),
-                                  "deposit counter"):
-            raise FlowError(InfoCode.READER_ERROR, "R_DEPOSIT_INIT answer replayed")
-        if init.status != ReaderStatus.OK:
-            raise FlowError(InfoCode.READER_ERROR, f"reader status {init.status:02X}")
-        if init.op not in (DepositOp.OPEN, DepositOp.CLOSE):
-            raise FlowError(InfoCode.APPLICATION_TYPE_UNKNOWN, f"operation {init.op:02X}")
-        if init.purse_type not in (PurseType.CPU, PurseType.M1):
-            raise FlowError(InfoCode.PURSE_TYPE_UNKNOWN, f"purse type {init.purse_type:02X}")
-        if init.flag == init.op:
-            self.log.info("card-deposit: card already {state}",
-                          state="open" if init.op == DepositOp.OPEN else "closed")
-        await self._start_sm(session)
-        record_id = await self.backend(ctx.ledger.record_deposit(
-            init.logical_no, init.physical.hex(), init.op, init.op, session.pki_no,
-            ctx.now_ms()), "record deposit")
-        process = DepositProcess(init.op, init.logical_no, init.physical, init.op,
-                                 str(record_id))
-        command = self.sm.seal_command(Ins.DEPOSIT_PROCESS, self._seq(), process.encode(),
-                                       SIZE[0xDD74])
-        self.log.info("card-deposit: {op} recorded as {record} by PKI {pki}",
-                      op="open" if init.op == DepositOp.OPEN else "close", record=record_id,
-                      pki=session.pki_no)
-        self.finish(dd73, InfoCode.SUCCESS, command)
-

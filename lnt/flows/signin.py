@@ -19,8 +19,8 @@ from typing import NoReturn
 
 from Crypto.PublicKey import ECC
 
+from lnt.crypto.ec import CURVE, verify
 from lnt.flows.base import FlowError, FlowProtocol
-from lnt.keyfiles import CURVE, verify
 from lnt.messages.login import (
     LABEL_2,
     R_AC_LOGIN_1,
@@ -28,7 +28,6 @@ from lnt.messages.login import (
     SIZE_DD03,
     SIZE_DD05,
     SIZE_DD07,
-    SW_OK,
     InitAnswer,
     Login1Answer,
     Login2Answer,
@@ -41,6 +40,7 @@ from lnt.messages.login import (
     shared_secret,
     transcript,
 )
+from lnt.messages.statuswords import SW_OK
 from lnt.wire import InfoCode, Request, encode_bcd, header_name
 
 DD03, DD05, DD07 = 0xDD03, 0xDD05, 0xDD07

@@ -27,9 +27,13 @@ from twisted.python.failure import Failure
 
 from lnt.domain.records import Notification
 from lnt.interfaces import IConsignments
-from lnt.web.consignapi import http_url
 
 log = Logger()
+
+
+def http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 MAX_BODY = 1024
 

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lnt.domain.records import CardIdentity, CardKind
+from lnt.messages.statuswords import SW_OK
 from lnt.wire import decode_bcd
 
-SW_OK = b"\x90\x00"
 MAX_STEPS = 32
 
 

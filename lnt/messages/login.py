@@ -37,15 +37,9 @@ from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 from Crypto.PublicKey import ECC
 
-from lnt.keyfiles import public_from_raw, public_raw
+from lnt.crypto.ec import public_from_raw, public_raw
 
-SW_OK = b"\x90\x00"
 #: the reader's status words for what goes wrong inside it
-SW_WRONG_LENGTH = b"\x67\x00"
-SW_SECURITY = b"\x69\x82"  # the platform's signature did not verify
-SW_CONDITIONS = b"\x69\x85"  # R_AC_LOGIN_2 without a preceding R_AC_LOGIN_1
-SW_UNKNOWN_INS = b"\x6d\x00"
-SW_UNKNOWN_CLA = b"\x6e\x00"
 
 CLA = 0xBB
 INS_INIT = 0x10

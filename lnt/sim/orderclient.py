@@ -15,7 +15,7 @@ import treq
 from twisted.internet.interfaces import IReactorTime
 
 from lnt.crypto import envelope
-from lnt.keyfiles import sign
+from lnt.crypto.ec import sign
 from lnt.messages import cardscript
 from lnt.sim.reader import Reader
 

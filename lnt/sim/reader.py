@@ -15,7 +15,6 @@ that consecutive runs of the CLI behave like one device.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -24,9 +23,11 @@ from pathlib import Path
 from Crypto.PublicKey import ECC
 from Crypto.Random import get_random_bytes
 
+from lnt.crypto.ec import CURVE, sign, verify
 from lnt.crypto.securemsg import SMError, SMKeys, refusal
 from lnt.domain.records import CHINA
-from lnt.keyfiles import CURVE, CardKeyFile, sign, verify
+from lnt.jsonfile import write_json_atomically
+from lnt.keyfiles import CardKeyFile
 from lnt.messages.login import (
     CLA,
     INS_INIT,
@@ -36,12 +37,6 @@ from lnt.messages.login import (
     SIZE_DD03,
     SIZE_DD05,
     SIZE_DD07,
-    SW_CONDITIONS,
-    SW_OK,
-    SW_SECURITY,
-    SW_UNKNOWN_CLA,
-    SW_UNKNOWN_INS,
-    SW_WRONG_LENGTH,
     InitAnswer,
     Login1Answer,
     Login2Answer,
@@ -73,6 +68,15 @@ from lnt.messages.purse import (
     parse_apdu_list,
     parse_value_block,
 )
+from lnt.messages.statuswords import (
+    SW_CONDITIONS,
+    SW_NO_CARD,
+    SW_OK,
+    SW_SECURITY,
+    SW_UNKNOWN_CLA,
+    SW_UNKNOWN_INS,
+    SW_WRONG_LENGTH,
+)
 from lnt.sim.virtualcards import Card, CPUCard, M1Card
 from lnt.wire import decode_bcd, encode_bcd
 
@@ -94,7 +98,6 @@ def _now() -> str:
     """The reader's clock, China time, YYYYMMDDhhmmss."""
     return datetime.now(CHINA).strftime("%Y%m%d%H%M%S")
 #: no card on the antenna
-SW_NO_CARD = b"\x6a\x81"
 FIRMWARE = b"SIM1.0"
 
 
@@ -152,11 +155,7 @@ class Reader:
             "session": None if self.session is None else {
                 "serial": self.session.serial, "key": self.session.session_key.hex()},
         }
-        tmp = self.state_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f)
-        os.replace(tmp, self.state_path)
+        write_json_atomically(self.state_path, content, 0o600)
 
     # -- the transit card -------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ public issuer block).
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,20 +22,22 @@ from Crypto.Random import get_random_bytes
 
 from lnt.crypto import pboc
 from lnt.domain.records import CPU_BALANCE_LIMIT
+from lnt.jsonfile import write_json_atomically
 from lnt.messages.purse import value_block
+from lnt.messages.statuswords import (
+    SW_CONDITIONS,
+    SW_FILE_NOT_FOUND,
+    SW_KEY_INDEX,
+    SW_MAC,
+    SW_NO_RECORD,
+    SW_OK,
+    SW_SECURITY,
+    SW_UNKNOWN_CLA,
+    SW_UNKNOWN_INS,
+    SW_WRONG_LENGTH,
+    SW_WRONG_P1P2,
+)
 from lnt.wire import encode_bcd
-
-SW_OK = b"\x90\x00"
-SW_WRONG_LENGTH = b"\x67\x00"
-SW_CONDITIONS = b"\x69\x85"  # e.g. no INITIALIZE FOR LOAD before CREDIT, or over the limit
-SW_FILE_NOT_FOUND = b"\x6a\x82"
-SW_NO_RECORD = b"\x6a\x83"
-SW_WRONG_P1P2 = b"\x6a\x86"
-SW_INS = b"\x6d\x00"
-SW_CLA = b"\x6e\x00"
-SW_MAC = b"\x93\x02"  # MAC2 does not verify
-SW_KEY_INDEX = b"\x94\x03"  # no such key index
-SW_AUTH = b"\x69\x82"  # M1: wrong key / not authenticated
 
 ISSUER_ID = b"LNT\x00\x00\x00\x00\x01"
 
@@ -46,13 +47,7 @@ ISSUER_BLOCK = 4  # sector 1, readable without authentication
 
 
 def _save(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(content, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json_atomically(path, content, 0o600)
 
 
 @dataclass
@@ -138,7 +133,7 @@ class CPUCard:
             return self._credit_for_load(body)
         if (cla, ins) == (0x80, 0x5A):
             return self._transaction_proof(body)
-        return SW_INS if cla in (0x00, 0x80) else SW_CLA
+        return SW_UNKNOWN_INS if cla in (0x00, 0x80) else SW_UNKNOWN_CLA
 
     def _select(self, fid: bytes) -> bytes:
         names = {bytes.fromhex("DDF1"): "DDF1", bytes.fromhex("ADF1"): "ADF1"}
@@ -247,9 +242,9 @@ class M1Card:
         if command[:2] == b"\xff\xb0" and len(command) >= 5:
             block = command[3]
             if block // 4 != ISSUER_BLOCK // 4:
-                return SW_AUTH
+                return SW_SECURITY
             return bytes.fromhex(self.blocks.get(str(block), "00" * 16)) + SW_OK
-        return SW_INS  # an M1 card speaks no ISO 7816 APDUs
+        return SW_UNKNOWN_INS  # an M1 card speaks no ISO 7816 APDUs
 
     def set_deposit(self, flag: int) -> None:
         self.deposit_flag = flag

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from lnt.crypto.consignsign import make_sign
+from lnt.crypto.sealing import Sealer
 from lnt.domain.eligibility import card_refusal
 from lnt.domain.records import (
     CHINA,
@@ -34,7 +35,6 @@ from lnt.domain.records import (
     OrderState,
 )
 from lnt.interfaces import IConsignments
-from lnt.keyfiles import Sealer
 from lnt.storage.database import Cursor, Transactor
 from lnt.storage.journal import (
     ACCOUNT_AWAITING_LOAD,

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from lnt.crypto.sealing import Sealer
 from lnt.domain.eligibility import card_refusal
 from lnt.domain.loads import STALE_ORDER_MS, IllegalMove, Verdict, operator_decision
 from lnt.domain.records import (
@@ -36,7 +37,6 @@ from lnt.domain.records import (
     Session,
 )
 from lnt.interfaces import ILedger
-from lnt.keyfiles import Sealer
 from lnt.storage.consignments import notify_topup
 from lnt.storage.database import Cursor, Transactor
 from lnt.storage.journal import (

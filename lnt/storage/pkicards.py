@@ -10,9 +10,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from lnt.crypto.ec import public_from_raw
 from lnt.domain.records import AlreadyExists, CardStatus, PKICard
 from lnt.interfaces import IPKI
-from lnt.keyfiles import PlatformKeys, public_from_raw
+from lnt.keyfiles import PlatformKeys
 from lnt.storage.database import Cursor, Transactor
 
 _COLUMNS = "pki_no, user_id, public_key, key_version, status"

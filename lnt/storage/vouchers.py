@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from lnt.daemon.logs import mask_card
+from lnt.domain.masking import mask_card
 from lnt.domain.records import Redemption
 from lnt.interfaces import IIssuer
 from lnt.storage.database import Cursor, Transactor

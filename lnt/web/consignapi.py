@@ -14,19 +14,17 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from lnt.crypto.consignsign import ConsignError, decrypt_field, make_sign, verify_sign
-from lnt.daemon.logs import mask_card
+from lnt.domain.masking import mask_card
 from lnt.domain.records import (
     CPU_BALANCE_LIMIT,
     BatchFull,
@@ -37,7 +35,9 @@ from lnt.domain.records import (
     Merchant,
     OrderState,
 )
-from lnt.interfaces import IConsignments, IIssuer, ILedger
+from lnt.interfaces import IConsignments, ILedger
+from lnt.jobs.notifier import http_url
+from lnt.jobs.processor import Processor
 from lnt.web.json import finish_json, refuse_other_methods, write_json
 
 log = Logger()
@@ -51,97 +51,6 @@ STATUS = {ConsignmentState.PROCESSING: "1", ConsignmentState.SUCCESS: "2",
 
 class Refused(Exception):
     """Answered C{code: -1} with this message."""
-
-
-def http_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-class Processor:
-    """Verifies and redeems consigned cards; each order at most once, also after a crash."""
-
-    def __init__(self, store: IConsignments, issuer: IIssuer, clock: IReactorTime,
-                 wake: Callable[[], None], timeout: float, concurrency: int = 4,
-                 sweep_every: float = 30.0) -> None:
-        self.store = store
-        self.issuer = issuer
-        self.clock = clock
-        self.wake = wake
-        self.timeout = timeout
-        self.sweep_every = sweep_every
-        self._running: dict[str, Deferred[None]] = {}
-        # a big batch is worked off a few cards at a time, never all at once
-        self._limit = DeferredSemaphore(concurrency)
-        self._sweeper: LoopingCall | None = None
-
-    def now_ms(self) -> int:
-        return int(self.clock.seconds() * 1000)
-
-    def process(self, system_order_id: str) -> Deferred[None]:
-        running = self._running.get(system_order_id)
-        if running is not None:
-            return running
-        d: Deferred[None] = self._limit.run(
-            lambda: Deferred.fromCoroutine(self._process(system_order_id)))
-        self._running[system_order_id] = d
-
-        def done(result: object) -> None:
-            self._running.pop(system_order_id, None)
-            if isinstance(result, Failure):
-                log.failure("consignment {order}: processing failed; retried at the next sweep"
-                            " (every {every:.0f} s)", result, order=system_order_id,
-                            every=self.sweep_every)
-
-        d.addBoth(done)
-        return d
-
-    async def _process(self, system_order_id: str) -> None:
-        found = await self.store.card_of(system_order_id).addTimeout(self.timeout, self.clock)
-        if found is None:
-            return  # already finished
-        order, number, password = found
-        redemption = await self.issuer.redeem(number, password, order.product_code,
-                                              order.amount, system_order_id, self.now_ms()
-                                              ).addTimeout(self.timeout, self.clock)
-        face = redemption.face_value if redemption.ok else None
-        message = "success" if redemption.ok else redemption.reason
-        done = await self.store.complete(system_order_id, face, message, self.now_ms()
-                                         ).addTimeout(self.timeout, self.clock)
-        log.info("consignment {order} of merchant {merchant} ({card}): {state}, {message}",
-                 order=system_order_id, merchant=done.customer_id, card=order.card_masked,
-                 state=done.state.value, message=message)
-        self.wake()
-
-    def sweep(self) -> Deferred[None]:
-        """
-        Process every order still processing: at start what a crash interrupted, then every
-        C{sweep_every} seconds whatever a timeout left behind (a call that timed out may have
-        committed all the same).
-        """
-
-        async def run() -> None:
-            pending = await self.store.processing().addTimeout(self.timeout, self.clock)
-            await defer.DeferredList([self.process(s) for s in pending], consumeErrors=True)
-
-        return Deferred.fromCoroutine(run())
-
-    def start(self) -> None:
-        self._sweeper = LoopingCall(self._sweep_logged)
-        self._sweeper.clock = self.clock
-        self._sweeper.start(self.sweep_every, now=True)
-
-    def _sweep_logged(self) -> Deferred[None]:
-        return self.sweep().addErrback(
-            lambda f: log.failure("consignment sweep failed; next in {every:.0f} s", f,
-                                  every=self.sweep_every))
-
-    def stop(self) -> Deferred[None]:
-        """Stop sweeping; fires when the orders in work are done (each bounded by timeouts)."""
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
-        running = list(self._running.values())
-        return defer.DeferredList(running, consumeErrors=True).addCallback(lambda _: None)
 
 
 class ConsignmentAPI:

@@ -33,7 +33,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from lnt.crypto import envelope
-from lnt.daemon.logs import mask_card
+from lnt.crypto.ec import verify
+from lnt.domain.masking import mask_card
 from lnt.domain.records import (
     CHINA,
     CPU_BALANCE_LIMIT,
@@ -46,7 +47,6 @@ from lnt.domain.records import (
     Session,
 )
 from lnt.interfaces import IPKI, ILedger
-from lnt.keyfiles import verify
 from lnt.messages import cardscript
 from lnt.messages.cardscript import ScriptError
 from lnt.web.json import finish_json, refuse_other_methods

@@ -1,6 +1,6 @@
 """
 The built-in DD flows, registered exactly as a third party's would be: plugin objects providing
-L{lnt.interfaces.IFlow}, found by C{getPlugins(IFlow)}.
+L{lnt.flows.context.IFlow}, found by C{getPlugins(IFlow)}.
 """
 
 from lnt.flows.dispatch import FlowPlugin
@@ -22,6 +22,6 @@ recharge = FlowPlugin(
 card_deposit = FlowPlugin(
     name="card-deposit",
     first_header=0xDD73,
-    protocol="lnt.flows.recharge.DepositFlow",
+    protocol="lnt.flows.deposit.DepositFlow",
     description="DD73-DD74: open or close a card (its deposit flag), online",
 )
