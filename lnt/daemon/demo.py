@@ -22,7 +22,7 @@ from lnt.domain.masking import mask_card
 from lnt.domain.records import CardKind, Conflict, IssuedCard, PKICard, Platform
 from lnt.jsonfile import write_json_atomically
 from lnt.keyfiles import CardKeyFile, CoreKeys, PlatformKeys
-from lnt.sim.virtualcards import PURSE_SECTOR, Card, CPUCard, M1Card, load_card, save_new
+from lnt.messages import cardissue
 from lnt.storage.consignments import SQLConsignments
 from lnt.storage.database import DSN, SyncDatabase, result_of
 from lnt.storage.ledger import SQLLedger
@@ -100,22 +100,21 @@ def _cards(data_dir: Path, core: CoreKeys, ledger: SQLLedger) -> list[dict[str, 
     cards_dir = data_dir / "cards"
     listed = []
     for kind, logical_no, balance in DEMO_CARDS:
-        path = cards_dir / f"{logical_no}.json"
-        card: Card
+        path = cardissue.card_path(cards_dir, logical_no)
         if path.exists():
-            card = load_card(path)
+            card = cardissue.read_card(path)
         else:
             if kind == "cpu":
-                card = CPUCard.issue(logical_no, core.master_load_key, core.master_tac_key,
-                                     balance)
+                card = cardissue.cpu_card(logical_no, core.master_load_key,
+                                          core.master_tac_key, balance)
             else:
                 uid = get_random_bytes(4)
-                physical = uid.rjust(8, b"\x00")
-                card = M1Card.issue(logical_no, uid, {PURSE_SECTOR: core.m1_sector_key(
-                    physical, PURSE_SECTOR)}, balance)
-            save_new(card, cards_dir)
+                sector = cardissue.M1_PURSE_SECTOR
+                card = cardissue.m1_card(logical_no, uid, {sector: core.m1_sector_key(
+                    uid.rjust(8, b"\x00"), sector)}, balance)
+            cardissue.write_card(cards_dir, card)
             log.info("demo: issued virtual {kind} card {no}", kind=kind, no=mask_card(logical_no))
-        issued = IssuedCard(logical_no, CardKind(kind), card.physical.hex())
+        issued = IssuedCard(logical_no, CardKind(kind), cardissue.physical_number(card).hex())
         try:
             if result_of(ledger.register_card(issued, int(time.time() * 1000))):
                 log.info("demo: card {no} entered in the card registry",

@@ -12,7 +12,6 @@ public issuer block).
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from Crypto.Random import get_random_bytes
 from lnt.crypto import pboc
 from lnt.domain.records import CPU_BALANCE_LIMIT
 from lnt.jsonfile import write_json_atomically
-from lnt.messages.purse import value_block
+from lnt.messages import cardissue
 from lnt.messages.statuswords import (
     SW_CONDITIONS,
     SW_FILE_NOT_FOUND,
@@ -41,9 +40,9 @@ from lnt.wire import encode_bcd
 
 ISSUER_ID = b"LNT\x00\x00\x00\x00\x01"
 
-PURSE_SECTOR = 2
+PURSE_SECTOR = cardissue.M1_PURSE_SECTOR
 PURSE_BLOCK = PURSE_SECTOR * 4  # block 8, backup in block 9
-ISSUER_BLOCK = 4  # sector 1, readable without authentication
+ISSUER_BLOCK = cardissue.M1_ISSUER_BLOCK  # sector 1, readable without authentication
 
 
 def _save(path: Path, content: dict[str, Any]) -> None:
@@ -83,10 +82,9 @@ class CPUCard:
     @classmethod
     def issue(cls, logical_no: str, master_load_key: bytes, master_tac_key: bytes,
               balance: int = 0) -> CPUCard:
-        card_id = encode_bcd(logical_no, 8)
-        return cls(logical_no, get_random_bytes(8).hex(),
-                   pboc.diversify(master_load_key, card_id).hex(),
-                   pboc.diversify(master_tac_key, card_id).hex(), balance)
+        content = cardissue.cpu_card(logical_no, master_load_key, master_tac_key, balance)
+        del content["kind"]
+        return cls(**content)
 
     def save(self) -> None:
         if self.path is not None:
@@ -220,15 +218,9 @@ class M1Card:
     @classmethod
     def issue(cls, logical_no: str, uid_bytes: bytes, sector_keys: dict[int, bytes],
               balance: int = 0) -> M1Card:
-        uid = uid_bytes.hex()
-        keys = {str(s): k.hex() for s, k in sector_keys.items()}
-        issuer = encode_bcd(logical_no, 8) + b"\x00\x02" + bytes(6)
-        blocks = {
-            str(ISSUER_BLOCK): issuer.hex(),
-            str(PURSE_BLOCK): value_block(balance, PURSE_BLOCK).hex(),
-            str(PURSE_BLOCK + 1): value_block(balance, PURSE_BLOCK).hex(),
-        }
-        return cls(logical_no, uid, keys, blocks)
+        content = cardissue.m1_card(logical_no, uid_bytes, sector_keys, balance)
+        del content["kind"]
+        return cls(**content)
 
     def save(self) -> None:
         if self.path is not None:
@@ -272,7 +264,7 @@ Card = CPUCard | M1Card
 
 
 def load_card(path: Path) -> Card:
-    content = json.loads(path.read_text())
+    content = cardissue.read_card(path)
     kind = content.pop("kind")
     card: Card = CPUCard(**content) if kind == "cpu" else M1Card(**content)
     card.path = path
