@@ -52,9 +52,9 @@ USER = b"terminal-0000001"
 def _postgres(schema: str) -> str:
     base = postgres_dsn() or ""
     try:
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(base, connect_timeout=3)
+        conn = psycopg.connect(base, connect_timeout=3)
     except Exception as e:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL must be reachable in CI ({base}): {e}")
@@ -68,9 +68,9 @@ def _postgres(schema: str) -> str:
 
 
 def _drop(schema: str) -> None:
-    import psycopg2
+    import psycopg
 
-    conn = psycopg2.connect(postgres_dsn(), connect_timeout=3)
+    conn = psycopg.connect(postgres_dsn() or "", connect_timeout=3)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -578,3 +578,15 @@ async def test_check_finds_two_loads_in_doubt_on_one_card(stores: tuple[SQLLedge
     await ledger.begin_load(_pending(second))
     tamper(dsn, "UPDATE loads SET state = 'pending' WHERE order_no = ?", (first,))
     assert any("2 loads in doubt" in p for p in await ledger.check())
+
+
+def test_postgres_without_its_driver_says_which_extra_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    dsn = DSN.parse("postgresql://u@127.0.0.1:1/none")
+    with pytest.raises(DatabaseConfigError, match=r"install lnt-recharge\[postgres\]"):
+        dsn.connect()
+    with pytest.raises(DatabaseConfigError, match=r"install lnt-recharge\[postgres\]"):
+        dsn.pool()

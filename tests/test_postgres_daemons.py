@@ -107,5 +107,5 @@ def test_daemon_refuses_an_unreachable_postgres(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="daemon exited"):
         d.start()
     log = d.log()
-    assert "lnt-recharge: cannot start: ledger: connection to server" in log
+    assert "lnt-recharge: cannot start: ledger: connection failed: connection to server" in log
     assert "Traceback" not in log and "sekret" not in log

@@ -55,7 +55,7 @@ from lnt.domain.records import (
 )
 from lnt.keyfiles import CardKeyFile, KeyFileError, PlatformKeys
 from lnt.storage.consignments import SQLConsignments
-from lnt.storage.database import DSN, SyncDatabase, result_of
+from lnt.storage.database import DSN, DatabaseConfigError, SyncDatabase, result_of
 from lnt.storage.ledger import SQLLedger
 from lnt.storage.migrations import migrate
 from lnt.storage.pkicards import LedgerPKI
@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     admin = Admin(args.data_dir, args.ledger, args.key_file)
     try:
         args.run(admin, args)
-    except (Refused, KeyFileError) as e:
+    except (Refused, KeyFileError, DatabaseConfigError) as e:
         print(f"lnt-admin: {e}", file=sys.stderr)
         return 1
     finally:

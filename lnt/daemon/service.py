@@ -197,7 +197,7 @@ def makeService(options: Options, reactor: Any = None) -> RechargeService:
         log.critical("cannot start: {message}", message=message)
         raise SystemExit(f"lnt-recharge: cannot start: {message}") from None
     except Exception as e:
-        if type(e).__module__.startswith("psycopg2"):
+        if type(e).__module__.startswith("psycopg"):
             message = str(e).strip().splitlines()[0]
             log.critical("cannot start: ledger: {message}", message=message)
             raise SystemExit(f"lnt-recharge: cannot start: ledger: {message}") from None

@@ -47,50 +47,134 @@ class DBConnection(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
 class Engine:
-    """What differs between the databases; every SQL string goes through L{sql}."""
+    """
+    What differs between the databases, one subclass per database (after Synapse's
+    C{BaseDatabaseEngine}): parameter style, column types, which errors are worth a retry,
+    opening and setting up connections. Every SQL string goes through L{sql}.
+    """
 
     name: str
-    module: str
     #: replacements for the C{{name}} placeholders of schema SQL
     types: dict[str, str]
-    paramstyle_qmark: bool
 
     def sql(self, text: str) -> str:
-        """Our SQL uses C{?} parameters; PostgreSQL's driver wants C{%s}."""
-        if self.paramstyle_qmark:
-            return text
-        return text.replace("%", "%%").replace("?", "%s")
+        """Our SQL uses C{?} parameters (SQLite's style)."""
+        return text
 
     def schema(self, text: str) -> str:
         return text.format(**self.types)
 
     def begin(self, cursor: Any) -> None:
-        if self.name == "sqlite":
-            # Take the write lock now, not at the first write: two processes (the daemon and
-            # lnt-admin) that both read then write would otherwise deadlock one another.
-            cursor.execute("BEGIN IMMEDIATE")
+        """Whatever a transaction needs at its start (it is open already)."""
 
     def is_transient(self, error: BaseException) -> bool:
-        if self.name == "sqlite":
-            return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
-        code = getattr(error, "pgcode", None)
-        return code in ("40001", "40P01")
+        """The transaction lost a race and may be run again."""
+        raise NotImplementedError
+
+    def connect(self, target: str) -> DBConnection:
+        """A plain synchronous connection, set up (migrations at start, the admin CLI)."""
+        raise NotImplementedError
+
+    def pool(self, target: str) -> adbapi.ConnectionPool:
+        raise NotImplementedError
+
+    def describe(self, target: str) -> str:
+        """The DSN without a password, for logs."""
+        raise NotImplementedError
 
 
-SQLITE = Engine(
-    name="sqlite",
-    module="sqlite3",
-    types={"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER", "bytes": "BLOB"},
-    paramstyle_qmark=True,
-)
-POSTGRES = Engine(
-    name="postgres",
-    module="psycopg2",
-    types={"serial": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT", "bytes": "BYTEA"},
-    paramstyle_qmark=False,
-)
+class SqliteEngine(Engine):
+    name = "sqlite"
+    types = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER", "bytes": "BLOB"}
+
+    def begin(self, cursor: Any) -> None:
+        # Take the write lock now, not at the first write: two processes (the daemon and
+        # lnt-admin) that both read then write would otherwise deadlock one another.
+        cursor.execute("BEGIN IMMEDIATE")
+
+    def is_transient(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+    @staticmethod
+    def setup(conn: Any) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before we tell anyone about it.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+
+    def connect(self, target: str) -> DBConnection:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(target, isolation_level=None, timeout=10)
+        self.setup(conn)
+        return conn
+
+    def pool(self, target: str) -> adbapi.ConnectionPool:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        # One connection: SQLite serialises writers anyway, and one writer thread keeps every
+        # transaction of this daemon in order (Synapse does the same).
+        return adbapi.ConnectionPool("sqlite3", target, check_same_thread=False,
+                                     isolation_level=None, timeout=10, cp_min=1, cp_max=1,
+                                     cp_openfun=self.setup)
+
+    def describe(self, target: str) -> str:
+        return f"sqlite://{target}"
+
+
+class PostgresEngine(Engine):
+    """PostgreSQL through psycopg 3 (the C{postgres} extra), transactions C{SERIALIZABLE}."""
+
+    name = "postgres"
+    types = {"serial": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT", "bytes": "BYTEA"}
+    #: serialization failure, deadlock
+    TRANSIENT = frozenset({"40001", "40P01"})
+
+    def sql(self, text: str) -> str:
+        return text.replace("%", "%%").replace("?", "%s")
+
+    def is_transient(self, error: BaseException) -> bool:
+        return getattr(error, "sqlstate", None) in self.TRANSIENT
+
+    @staticmethod
+    def driver() -> Any:
+        try:
+            import psycopg
+        except ImportError:
+            raise DatabaseConfigError(
+                "a postgresql:// ledger needs psycopg 3: install lnt-recharge[postgres]"
+            ) from None
+        return psycopg
+
+    @staticmethod
+    def setup(conn: Any) -> None:
+        psycopg = PostgresEngine.driver()
+        conn.autocommit = False
+        conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = 15000")
+            cur.execute("SET lock_timeout = 10000")
+        conn.commit()
+
+    def connect(self, target: str) -> DBConnection:
+        conn = self.driver().connect(target, connect_timeout=10)
+        self.setup(conn)
+        return conn  # type: ignore[no-any-return]
+
+    def pool(self, target: str) -> adbapi.ConnectionPool:
+        self.driver()
+        return adbapi.ConnectionPool("psycopg", target, connect_timeout=10, cp_min=1, cp_max=8,
+                                     cp_openfun=self.setup, cp_reconnect=True)
+
+    def describe(self, target: str) -> str:
+        parts = urlsplit(target)
+        host = parts.hostname or "local socket"
+        port = f":{parts.port}" if parts.port else ""
+        return f"postgresql://{parts.username or ''}@{host}{port}{parts.path}"
+
+
+SQLITE = SqliteEngine()
+POSTGRES = PostgresEngine()
 
 
 class Cursor:
@@ -120,7 +204,7 @@ class Cursor:
 
 
 def _plain(value: Any) -> Any:
-    # psycopg2 returns memoryview for BYTEA; the rest of the code wants bytes on both engines.
+    # BYTEA may come back as a memoryview; the rest of the code wants bytes on both engines.
     return bytes(value) if isinstance(value, memoryview) else value
 
 
@@ -149,66 +233,14 @@ class DSN:
 
     def describe(self) -> str:
         """The DSN without a password, for logs."""
-        if self.engine is SQLITE:
-            return f"sqlite://{self.target}"
-        parts = urlsplit(self.target)
-        host = parts.hostname or "local socket"
-        port = f":{parts.port}" if parts.port else ""
-        return f"postgresql://{parts.username or ''}@{host}{port}{parts.path}"
+        return self.engine.describe(self.target)
 
     def connect(self) -> DBConnection:
         """A plain synchronous connection (migrations at start, the admin CLI)."""
-        if self.engine is SQLITE:
-            Path(self.target).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.target, isolation_level=None, timeout=10)
-            sqlite_setup(conn)
-            return conn
-        import psycopg2
-
-        conn = psycopg2.connect(self.target, connect_timeout=10)
-        postgres_setup(conn)
-        return conn  # type: ignore[no-any-return]
+        return self.engine.connect(self.target)
 
     def pool(self) -> adbapi.ConnectionPool:
-        if self.engine is SQLITE:
-            Path(self.target).parent.mkdir(parents=True, exist_ok=True)
-            # One connection: SQLite serialises writers anyway, and one writer thread keeps
-            # every transaction of this daemon in order (Synapse does the same).
-            return adbapi.ConnectionPool(
-                "sqlite3",
-                self.target,
-                check_same_thread=False,
-                isolation_level=None,
-                timeout=10,
-                cp_min=1,
-                cp_max=1,
-                cp_openfun=sqlite_setup,
-            )
-        return adbapi.ConnectionPool(
-            "psycopg2",
-            self.target,
-            connect_timeout=10,
-            cp_min=1,
-            cp_max=8,
-            cp_openfun=postgres_setup,
-            cp_reconnect=True,
-        )
-
-
-def sqlite_setup(conn: Any) -> None:
-    conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk before we tell anyone about it.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=10000")
-
-
-def postgres_setup(conn: Any) -> None:
-    conn.set_session(isolation_level="SERIALIZABLE", autocommit=False)
-    with conn.cursor() as cur:
-        cur.execute("SET statement_timeout = 15000")
-        cur.execute("SET lock_timeout = 10000")
-    conn.commit()
+        return self.engine.pool(self.target)
 
 
 def run_transaction(
