@@ -33,16 +33,17 @@ from lnt.domain.records import (
     Notification,
     Order,
     OrderState,
+    Payment,
 )
 from lnt.interfaces import IConsignments
 from lnt.storage.database import Cursor, Transactor
 from lnt.storage.journal import (
-    ACCOUNT_AWAITING_LOAD,
     ACCOUNT_CONSIGNMENT_FEES,
     ACCOUNT_VOUCHERS_OUTSTANDING,
     account_merchant,
     post,
 )
+from lnt.storage.orders import insert_order, insert_payment
 from lnt.storage.registry import issued_card
 
 BATCH_LIMIT = 2000
@@ -328,27 +329,15 @@ class SQLConsignments:
             available = -int(balance[0]) if balance else 0
             if available < amount:
                 raise InsufficientBalance(f"balance {available} fen does not cover {amount}")
-            cur.execute("INSERT INTO payments (platform_no, biz_serial_no, money, user_id,"
-                        " pki_no, fingerprint, created_ms) VALUES (?, ?, ?, ?, 0, '', ?)",
-                        (TOPUP_PLATFORM, biz, amount, customer_id, now_ms))
-            post(cur, "payment", f"{TOPUP_PLATFORM}:{biz}", now_ms,
-                 [(account_merchant(customer_id), amount), (ACCOUNT_AWAITING_LOAD, -amount)])
-            seq = cur.execute("INSERT INTO order_numbers (created_ms) VALUES (?) RETURNING seq",
-                              (now_ms,)).fetchone()
-            assert seq is not None
-            day = datetime.fromtimestamp(now_ms / 1000, CHINA).strftime("%Y%m%d")
-            order_no = f"{day}{int(seq[0]):012d}"
+            insert_payment(cur, Payment(TOPUP_PLATFORM, biz, amount, customer_id, 0, now_ms),
+                           account_merchant(customer_id), "")
             # bound to the card as issued: kind and physical number from the registry
-            cur.execute("INSERT INTO orders (order_no, platform_no, biz_serial_no, pki_no,"
-                        " card_kind, logical_no, physical_no, amount, state, created_ms,"
-                        " updated_ms) VALUES (?, ?, ?, 0, ?, ?, ?, ?, 'created', ?, ?)",
-                        (order_no, TOPUP_PLATFORM, biz, issued.kind.value, logical_no,
-                         issued.physical_no, amount, now_ms, now_ms))
+            order = insert_order(cur, TOPUP_PLATFORM, biz, 0, issued.kind, logical_no,
+                                 issued.physical_no, amount, now_ms)
             cur.execute("INSERT INTO topups (order_no, customer_id, order_id, notify_url, custom)"
                         " VALUES (?, ?, ?, ?, ?)",
-                        (order_no, customer_id, order_id, notify_url, custom))
-            return Order(order_no, TOPUP_PLATFORM, biz, 0, issued.kind, logical_no,
-                         issued.physical_no, amount, OrderState.CREATED, now_ms, now_ms), True
+                        (order.order_no, customer_id, order_id, notify_url, custom))
+            return order, True
 
         return self.db.runInteraction("top-up", txn)
 

@@ -50,6 +50,7 @@ from lnt.storage.journal import (
     post,
 )
 from lnt.storage.migrations import current_version
+from lnt.storage.orders import ORDER_COLUMNS, insert_order, insert_payment
 from lnt.storage.registry import issued_card
 
 #: handshake serials are 16 decimal digits
@@ -226,16 +227,9 @@ class SQLLedger:
                     raise Conflict(f"biz_serial_no {biz_serial_no} was registered with other "
                                    "fields")
                 return _payment(row), False
-            cur.execute(
-                "INSERT INTO payments (platform_no, biz_serial_no, money, user_id, pki_no,"
-                " fingerprint, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (platform_no, biz_serial_no, money, user_id, pki_no, fingerprint, now_ms),
-            )
-            post(cur, "payment", f"{platform_no}:{biz_serial_no}", now_ms, [
-                (account_platform(platform_no), money),
-                (ACCOUNT_AWAITING_LOAD, -money),
-            ])
-            return Payment(platform_no, biz_serial_no, money, user_id, pki_no, now_ms), True
+            payment = Payment(platform_no, biz_serial_no, money, user_id, pki_no, now_ms)
+            insert_payment(cur, payment, account_platform(platform_no), fingerprint)
+            return payment, True
 
         return self.db.runInteraction("register_payment", txn)
 
@@ -270,18 +264,8 @@ class SQLLedger:
                                    card.physical_no, card.balance, amount)
             if refusal is not None:
                 raise CardRefused(refusal)
-            seq = cur.execute("INSERT INTO order_numbers (created_ms) VALUES (?) RETURNING seq",
-                              (now_ms,)).fetchone()
-            assert seq is not None
-            day = datetime.fromtimestamp(now_ms / 1000, CHINA).strftime("%Y%m%d")
-            order = Order(f"{day}{int(seq[0]):012d}", platform_no, biz_serial_no, pki_no,
-                          card.kind, card.logical_no, card.physical_no, amount,
-                          OrderState.CREATED, now_ms, now_ms)
-            cur.execute(
-                f"INSERT INTO orders ({_ORDER}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (order.order_no, platform_no, biz_serial_no, pki_no, card.kind.value,
-                 card.logical_no, card.physical_no, amount, order.state.value, now_ms, now_ms),
-            )
+            order = insert_order(cur, platform_no, biz_serial_no, pki_no, card.kind,
+                                 card.logical_no, card.physical_no, amount, now_ms)
             return order, True
 
         return self.db.runInteraction("create_order", txn)
@@ -731,8 +715,7 @@ def _check(cur: Cursor) -> list[str]:
 
 
 _PAYMENT = "platform_no, biz_serial_no, money, user_id, pki_no, created_ms, fingerprint"
-_ORDER = ("order_no, platform_no, biz_serial_no, pki_no, card_kind, logical_no, physical_no,"
-          " amount, state, created_ms, updated_ms")
+_ORDER = ORDER_COLUMNS
 
 
 def _payment(row: tuple[Any, ...]) -> Payment:
