@@ -347,10 +347,22 @@ def test_conflicting_flow_plugin_stops_start(tmp_path: Path, daemon_factory) -> 
     (extra / "twisted" / "plugins").mkdir(parents=True)
     (extra / "twisted" / "plugins" / "clash.py").write_text(
         "from lnt.flows.dispatch import FlowPlugin\n"
-        "clash = FlowPlugin('clash', 0xDD01, 'x.Y')\n")
+        "clash = FlowPlugin('clash', 0xDD01, 'lnt.flows.signin.SignInFlow')\n")
     d = Daemon(tmp_path / "c", [], {"PYTHONPATH": str(extra)})
     with pytest.raises(RuntimeError, match="both start with DD01"):
         d.start()
+
+
+def test_a_flow_plugin_with_a_typo_stops_start(tmp_path: Path) -> None:
+    extra = tmp_path / "extra"
+    (extra / "twisted" / "plugins").mkdir(parents=True)
+    (extra / "twisted" / "plugins" / "typo.py").write_text(
+        "from lnt.flows.dispatch import FlowPlugin\n"
+        "typo = FlowPlugin('typo', 0xDD91, 'lnt.flows.signin.SignInFlo')\n")
+    d = Daemon(tmp_path / "t", [], {"PYTHONPATH": str(extra)})
+    with pytest.raises(RuntimeError, match="cannot start: flow 'typo': cannot load"):
+        d.start()
+    assert "Traceback" not in d.log()
 
 
 def test_example_config_is_valid() -> None:

@@ -9,7 +9,13 @@ import pytest
 from twisted.internet.task import Clock
 
 from lnt.flows.context import FlowContext, FlowSettings
-from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowPlugin, FlowRegistry
+from lnt.flows.dispatch import (
+    DDServerFactory,
+    FlowConflict,
+    FlowPlugin,
+    FlowRegistry,
+    FlowUnavailable,
+)
 from lnt.wire import NO_PKI, FlowIndicator, InfoCode
 from tests.fakes import Conn, SyncBackends
 from tests.support import request
@@ -172,9 +178,17 @@ def test_drain_waits_then_aborts(factory: DDServerFactory, clock: Clock) -> None
 
 
 def test_registry_refuses_two_flows_for_one_header() -> None:
-    other = FlowPlugin("other", 0xDD01, "x.Y")
+    other = FlowPlugin("other", 0xDD01, "lnt.flows.signin.SignInFlow")
     with pytest.raises(FlowConflict, match="sign-in"):
         FlowRegistry([SIGNIN, other])
+
+
+@pytest.mark.parametrize("path", ["lnt.flows.signin.SignInFlo", "no.such.module.Flow", "x",
+                                  "lnt.flows.signin.SW_OK"])
+def test_a_flow_plugin_naming_no_protocol_class_fails_when_the_registry_is_built(
+        path: str) -> None:
+    with pytest.raises(FlowUnavailable, match="flow 'typo': "):
+        FlowRegistry([FlowPlugin("typo", 0xDD91, path)])
 
 
 def test_builtin_flows_are_discovered_as_plugins() -> None:

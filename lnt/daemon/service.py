@@ -36,7 +36,7 @@ from lnt.daemon import systemd
 from lnt.daemon.config import SETTINGS, ConfigError, read_ini, resolve
 from lnt.daemon.demo import provision
 from lnt.flows.context import FlowContext, FlowSettings
-from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowRegistry
+from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowRegistry, FlowUnavailable
 from lnt.jobs.notifier import Notifier
 from lnt.jobs.processor import Processor
 from lnt.jsonfile import write_json_atomically
@@ -192,6 +192,7 @@ def makeService(options: Options, reactor: Any = None) -> RechargeService:
     try:
         return _make_service(options, reactor)
     except (OSError, KeyFileError, DatabaseConfigError, SchemaTooNew, FlowConflict,
+            FlowUnavailable,
             sqlite3.Error) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.critical("cannot start: {message}", message=message)

@@ -58,6 +58,10 @@ class FlowConflict(Exception):
     """Two flow plugins claim the same first header."""
 
 
+class FlowUnavailable(Exception):
+    """A flow plugin names a protocol class that cannot be imported (a typo, a missing module)."""
+
+
 @implementer(IPlugin, IFlow)
 @dataclass(frozen=True)
 class FlowPlugin:
@@ -73,10 +77,20 @@ class FlowPlugin:
     protocol: str
     description: str = ""
 
-    def buildProtocol(self, context: FlowContext) -> IProtocol:
+    def resolve(self) -> type:
+        """The protocol class; L{FlowUnavailable} when its dotted path names none."""
         module, _, attr = self.protocol.rpartition(".")
-        cls = getattr(import_module(module), attr)
-        return cast(IProtocol, cls(context))
+        try:
+            cls = getattr(import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise FlowUnavailable(f"flow {self.name!r}: cannot load {self.protocol}: {e}"
+                                  ) from None
+        if not isinstance(cls, type):
+            raise FlowUnavailable(f"flow {self.name!r}: {self.protocol} is not a class")
+        return cls
+
+    def buildProtocol(self, context: FlowContext) -> IProtocol:
+        return cast(IProtocol, self.resolve()(context))
 
 
 class FlowRegistry:
@@ -86,6 +100,11 @@ class FlowRegistry:
         self._by_header: dict[int, IFlow] = {}
         for flow in flows:
             verifyObject(IFlow, flow)
+            # a plugin that names its protocol by path is resolved now: a typo stops the
+            # daemon at start, not at the first connection of that flow
+            resolve = getattr(flow, "resolve", None)
+            if callable(resolve):
+                resolve()
             other = self._by_header.get(flow.first_header)
             if other is not None:
                 raise FlowConflict(
