@@ -369,5 +369,5 @@ def test_example_config_is_valid() -> None:
     from lnt.daemon.config import read_ini, resolve
 
     settings = resolve({}, read_ini(ROOT / "etc" / "lnt.ini"))
-    assert settings["flows"] == "systemd:domain=INET:name=flows"
-    assert settings["demo"] is False
+    assert settings.flows == "systemd:domain=INET:name=flows"
+    assert settings.demo is False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import configparser
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +107,55 @@ def read_ini(path: Path) -> dict[str, str]:
     return values
 
 
-def resolve(command_line: Mapping[str, str | None], ini: Mapping[str, str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, typed: what the daemon is built from (one field per L{SETTINGS} entry)."""
+
+    flows: str
+    http: str
+    data_dir: Path
+    ledger: str | None
+    key_file: Path | None
+    core_key_file: Path | None
+    idle_timeout: float
+    flow_deadline: float
+    backend_timeout: float
+    max_connections: int
+    shutdown_grace: float
+    session_ttl: float
+    timestamp_window: float
+    http_max_body: int
+    notify_timeout: float
+    notify_retries: tuple[float, ...]
+    demo: bool
+
+
+_PATHS = {"data_dir", "key_file", "core_key_file"}
+
+
+def resolve(command_line: Mapping[str, str | None], ini: Mapping[str, str]) -> Settings:
     """Every setting's value: the command line's if given, else the file's, else the default."""
-    result: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for s in SETTINGS:
         raw = command_line.get(s.name)
         if raw is None:
             raw = ini.get(s.name, s.default)
-        result[s.name] = None if raw is None else _convert(s, raw)
-    return result
+        field = s.name.replace("-", "_")
+        value = None if raw is None else _convert(s, raw)
+        if field in _PATHS and value is not None:
+            value = Path(value)
+        if isinstance(value, list):
+            value = tuple(value)
+        values[field] = value
+    return Settings(**values)
+
+
+def _check_settings_match() -> None:
+    # the table of options and the dataclass name the same settings (caught at import)
+    names = {s.name.replace("-", "_") for s in SETTINGS}
+    typed = {f.name for f in fields(Settings)}
+    if names != typed:
+        raise AssertionError(f"SETTINGS and Settings differ: {sorted(names ^ typed)}")
+
+
+_check_settings_match()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from twisted.web.server import Site
 import lnt
 from lnt.coremodule import FileCoreModule
 from lnt.daemon import systemd
-from lnt.daemon.config import SETTINGS, ConfigError, read_ini, resolve
+from lnt.daemon.config import SETTINGS, ConfigError, Settings, read_ini, resolve
 from lnt.daemon.demo import provision
 from lnt.flows.context import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowRegistry, FlowUnavailable
@@ -134,7 +135,7 @@ class RechargeService(MultiService):
 
     def __init__(
         self,
-        settings: dict[str, Any],
+        settings: Settings,
         db: Database,
         ledger: SQLLedger,
         flows: DDServerFactory,
@@ -148,7 +149,7 @@ class RechargeService(MultiService):
         self.db = db
         self.ledger = ledger
         self.flows = flows
-        self.data_dir = Path(settings["data-dir"])
+        self.data_dir = settings.data_dir
 
     def startService(self) -> None:
         self.db.start()
@@ -169,7 +170,7 @@ class RechargeService(MultiService):
         log.info("stopping: closing listeners")
         listeners = [s for s in self if isinstance(s, ListenerService)]
         await defer.gatherResults([s.stopService() for s in listeners])
-        await self.flows.drain(self.settings["shutdown-grace"])
+        await self.flows.drain(self.settings.shutdown_grace)
         await self.processor.stop()
         await self.notifier.stopService()
         self.running = 0
@@ -210,25 +211,23 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    settings = options.settings
-    data_dir = Path(settings["data-dir"]).resolve()
-    settings["data-dir"] = str(data_dir)
+    data_dir = options.settings.data_dir.resolve()
+    settings = replace(options.settings, data_dir=data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
 
-    key_file = Path(settings["key-file"] or data_dir / "platform-key.json")
+    key_file = settings.key_file or data_dir / "platform-key.json"
     keys, created = PlatformKeys.load_or_create(key_file)
     if created:
         log.info("created the platform key file {path}", path=key_file)
 
-    core_keys = CoreKeys.load_or_create(
-        Path(settings["core-key-file"] or data_dir / "core-keys.json"))
+    core_keys = CoreKeys.load_or_create(settings.core_key_file or data_dir / "core-keys.json")
 
-    dsn = DSN.parse(settings["ledger"] or f"sqlite://{data_dir / 'ledger.db'}")
+    dsn = DSN.parse(settings.ledger or f"sqlite://{data_dir / 'ledger.db'}")
     version = migrate(dsn)
     log.info("ledger {dsn} at schema version {version}", dsn=dsn.describe(), version=version)
 
-    if settings["demo"]:
+    if settings.demo:
         provision(data_dir, dsn, keys, core_keys)
         log.info("demo data in {path}", path=data_dir / "demo.json")
 
@@ -241,33 +240,32 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
     pki = LedgerPKI(db, keys)
     clock: IReactorTime = reactor
     flow_settings = FlowSettings(
-        idle_timeout=settings["idle-timeout"],
-        flow_deadline=settings["flow-deadline"],
-        backend_timeout=settings["backend-timeout"],
-        session_ttl=settings["session-ttl"],
+        idle_timeout=settings.idle_timeout,
+        flow_deadline=settings.flow_deadline,
+        backend_timeout=settings.backend_timeout,
+        session_ttl=settings.session_ttl,
     )
     core = FileCoreModule(core_keys)
     context = FlowContext(ledger=ledger, pki=pki, core=core, clock=clock, settings=flow_settings)
-    flows = DDServerFactory(registry, context, settings["max-connections"])
+    flows = DDServerFactory(registry, context, settings.max_connections)
     flows.noisy = False
 
     root = Root()
-    root.putChild(b"health", Health(ledger, clock, settings["backend-timeout"]))
-    orderapi.install(root, OrderAPI(ledger, pki, clock, settings["backend-timeout"],
-                                    settings["timestamp-window"]))
+    root.putChild(b"health", Health(ledger, clock, settings.backend_timeout))
+    orderapi.install(root, OrderAPI(ledger, pki, clock, settings.backend_timeout,
+                                    settings.timestamp_window))
     store = SQLConsignments(db, keys.sealer())
     issuer = VoucherIssuer(db, keys.storage_key)
-    notifier = Notifier(store, clock, settings["notify-timeout"], settings["notify-retries"],
+    notifier = Notifier(store, clock, settings.notify_timeout, list(settings.notify_retries),
                         reactor=reactor)
-    processor = Processor(store, issuer, clock, notifier.wake, settings["backend-timeout"])
+    processor = Processor(store, issuer, clock, notifier.wake, settings.backend_timeout)
     consignapi.install(root, ConsignmentAPI(store, ledger, processor, clock,
-                                            settings["backend-timeout"],
-                                            settings["timestamp-window"]))
-    site = Site(root, timeout=60, requestFactory=limited_request(settings["http-max-body"]))
+                                            settings.backend_timeout, settings.timestamp_window))
+    site = Site(root, timeout=60, requestFactory=limited_request(settings.http_max_body))
     site.displayTracebacks = False
     site.noisy = False
 
     service = RechargeService(settings, db, ledger, flows, notifier, processor)
-    ListenerService("flows", settings["flows"], flows, reactor).setServiceParent(service)
-    ListenerService("http", settings["http"], site, reactor).setServiceParent(service)
+    ListenerService("flows", settings.flows, flows, reactor).setServiceParent(service)
+    ListenerService("http", settings.http, site, reactor).setServiceParent(service)
     return service
