@@ -371,3 +371,12 @@ def test_example_config_is_valid() -> None:
     settings = resolve({}, read_ini(ROOT / "etc" / "lnt.ini"))
     assert settings.flows == "systemd:domain=INET:name=flows"
     assert settings.demo is False
+
+
+@pytest.mark.parametrize("endpoint", ["bogus:1", "tcp:abc"])
+def test_an_unparseable_endpoint_stops_start_with_one_line(tmp_path: Path,
+                                                           endpoint: str) -> None:
+    d = Daemon(tmp_path / "e", ["--flows", endpoint])
+    with pytest.raises(RuntimeError, match="cannot start: --flows .* is no endpoint"):
+        d.start()
+    assert "Traceback" not in d.log()

@@ -20,7 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -28,7 +29,6 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 import lnt
@@ -85,41 +85,47 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-class ListenerService(Service):
-    """Binds one endpoint at privileged start (so a bind failure stops twistd at once)."""
+class EndpointError(Exception):
+    """An endpoint string that Twisted cannot parse."""
 
-    def __init__(
-        self, name: str, description: str, factory: IProtocolFactory, reactor: Any
-    ) -> None:
+
+class ListenerService(StreamServerEndpointService):
+    """
+    Twisted's endpoint service, bound at privileged start (so a bind failure stops twistd at
+    once, with one line), which also tells the address it got (for C{listening.json}).
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, name: str, description: str, factory: IProtocolFactory,
+                 reactor: Any) -> None:
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise EndpointError(f"--{name} {description!r} is no endpoint: {e}") from None
+        super().__init__(endpoint, factory)
         self.setName(name)
         self.description = description
-        self.factory = factory
-        self.reactor = reactor
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
-        endpoint = serverFromString(self.reactor, self.description)
-        result: list[Any] = []
-        d = endpoint.listen(self.factory)
-        d.addBoth(result.append)
-        if not result:  # pragma: no cover - every stream endpoint we support binds at once
-            raise RuntimeError(f"{self.name}: endpoint {self.description} did not bind at once")
-        if isinstance(result[0], Failure):
-            message = (f"cannot listen for {self.name} on {self.description}: "
-                       f"{result[0].getErrorMessage()}")
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            message = f"cannot listen for {self.name} on {self.description}: {e}"
             log.critical("{message}", message=message)
-            raise SystemExit(f"lnt-recharge: cannot start: {message}")
-        self.port = result[0]
-        log.info("{name} listening on {address}", name=self.name, address=self.port.getHost())
-        super().privilegedStartService()
+            raise SystemExit(f"lnt-recharge: cannot start: {message}") from None
+        assert self._waitingForPort is not None
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        log.info("{name} listening on {address}", name=self.name, address=port.getHost())
+        return port
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is None:
-            return defer.succeed(None)
-        stopped = port.stopListening()
-        return stopped if isinstance(stopped, Deferred) else defer.succeed(None)
+        self.port = None
+        return super().stopService()  # type: ignore[no-any-return]
 
     def address(self) -> dict[str, Any] | None:
         if self.port is None:
@@ -193,8 +199,7 @@ def makeService(options: Options, reactor: Any = None) -> RechargeService:
     try:
         return _make_service(options, reactor)
     except (OSError, KeyFileError, DatabaseConfigError, SchemaTooNew, FlowConflict,
-            FlowUnavailable,
-            sqlite3.Error) as e:
+            FlowUnavailable, EndpointError, sqlite3.Error) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.critical("cannot start: {message}", message=message)
         raise SystemExit(f"lnt-recharge: cannot start: {message}") from None

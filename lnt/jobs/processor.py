@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,7 +35,8 @@ class Processor:
         self._running: dict[str, Deferred[None]] = {}
         # a big batch is worked off a few cards at a time, never all at once
         self._limit = DeferredSemaphore(concurrency)
-        self._sweeper: LoopingCall | None = None
+        self._sweeper = TimerService(sweep_every, self._sweep_logged)
+        self._sweeper.clock = clock
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -89,9 +90,8 @@ class Processor:
         return Deferred.fromCoroutine(run())
 
     def start(self) -> None:
-        self._sweeper = LoopingCall(self._sweep_logged)
-        self._sweeper.clock = self.clock
-        self._sweeper.start(self.sweep_every, now=True)
+        """Sweep now (what a crash interrupted), then every C{sweep_every} seconds."""
+        self._sweeper.startService()
 
     def _sweep_logged(self) -> Deferred[None]:
         return self.sweep().addErrback(
@@ -100,7 +100,8 @@ class Processor:
 
     def stop(self) -> Deferred[None]:
         """Stop sweeping; fires when the orders in work are done (each bounded by timeouts)."""
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
+        stopped = self._sweeper.stopService() if self._sweeper.running else None
         running = list(self._running.values())
+        if isinstance(stopped, Deferred):
+            running.append(stopped)
         return defer.DeferredList(running, consumeErrors=True).addCallback(lambda _: None)
