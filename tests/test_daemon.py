@@ -377,6 +377,6 @@ def test_example_config_is_valid() -> None:
 def test_an_unparseable_endpoint_stops_start_with_one_line(tmp_path: Path,
                                                            endpoint: str) -> None:
     d = Daemon(tmp_path / "e", ["--flows", endpoint])
-    with pytest.raises(RuntimeError, match="cannot start: --flows .* is no endpoint"):
+    with pytest.raises(RuntimeError, match=r"cannot start: --flows .* is no endpoint"):
         d.start()
     assert "Traceback" not in d.log()
