@@ -13,12 +13,15 @@ that are pure computation return their value.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IReactorTime
 
     from lnt.domain.loads import Verdict
     from lnt.domain.records import (
@@ -39,6 +42,28 @@ if TYPE_CHECKING:
         Redemption,
         Session,
     )
+
+
+T = TypeVar("T")
+
+
+class BackendTimeout(Exception):
+    """A backend call did not answer within its time: the caller answers "system busy"."""
+
+
+def bounded(d: Deferred[T], seconds: float, clock: IReactorTime, what: str) -> Deferred[T]:
+    """
+    C{d}, a backend call, bounded in time: if it has not fired within C{seconds} it fails with
+    L{BackendTimeout} naming C{what}. Every caller of a backend (flows, web APIs, jobs) bounds
+    its calls with this, so that no wait is without a timeout.
+    """
+
+    def timed_out(f: Failure) -> Failure:
+        if f.check(defer.TimeoutError):
+            raise BackendTimeout(f"backend call {what!r} did not answer within {seconds:g} s")
+        return f
+
+    return d.addTimeout(seconds, clock).addErrback(timed_out)
 
 
 class IPKI(Interface):

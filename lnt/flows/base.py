@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import ClassVar, TypeVar
 
-from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
@@ -30,6 +29,7 @@ from twisted.python.failure import Failure
 
 from lnt.domain.records import Session
 from lnt.flows.context import FlowContext
+from lnt.interfaces import BackendTimeout, bounded
 from lnt.wire import (
     NO_PKI,
     ChecksumError,
@@ -131,14 +131,13 @@ class FlowProtocol(Protocol):
         ends with DD (system busy). C{what} names the call in the log.
         """
 
-        def timed_out(f: Failure) -> Failure:
-            if f.check(defer.TimeoutError):
-                raise FlowError(InfoCode.SYSTEM_BUSY, f"backend call {what!r} timed out")
+        def busy(f: Failure) -> Failure:
+            if f.check(BackendTimeout):
+                raise FlowError(InfoCode.SYSTEM_BUSY, str(f.value))
             return f
 
-        d.addTimeout(self.settings.backend_timeout, self.context.clock)
-        d.addErrback(timed_out)
-        return d
+        return bounded(d, self.settings.backend_timeout, self.context.clock, what
+                       ).addErrback(busy)
 
     async def require_session(self, request: Request) -> Session:
         """

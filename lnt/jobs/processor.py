@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lnt.interfaces import IConsignments, IIssuer
+from lnt.interfaces import IConsignments, IIssuer, bounded
 
 log = Logger()
 
@@ -60,17 +60,19 @@ class Processor:
         return d
 
     async def _process(self, system_order_id: str) -> None:
-        found = await self.store.card_of(system_order_id).addTimeout(self.timeout, self.clock)
+        found = await bounded(self.store.card_of(system_order_id), self.timeout, self.clock,
+                              "card of")
         if found is None:
             return  # already finished
         order, number, password = found
-        redemption = await self.issuer.redeem(number, password, order.product_code,
-                                              order.amount, system_order_id, self.now_ms()
-                                              ).addTimeout(self.timeout, self.clock)
+        redemption = await bounded(self.issuer.redeem(
+            number, password, order.product_code, order.amount, system_order_id,
+            self.now_ms()), self.timeout, self.clock, "redeem")
         face = redemption.face_value if redemption.ok else None
         message = "success" if redemption.ok else redemption.reason
-        done = await self.store.complete(system_order_id, face, message, self.now_ms()
-                                         ).addTimeout(self.timeout, self.clock)
+        done = await bounded(self.store.complete(system_order_id, face, message,
+                                                 self.now_ms()),
+                             self.timeout, self.clock, "complete")
         log.info("consignment {order} of merchant {merchant} ({card}): {state}, {message}",
                  order=system_order_id, merchant=done.customer_id, card=order.card_masked,
                  state=done.state.value, message=message)
@@ -84,7 +86,8 @@ class Processor:
         """
 
         async def run() -> None:
-            pending = await self.store.processing().addTimeout(self.timeout, self.clock)
+            pending = await bounded(self.store.processing(), self.timeout, self.clock,
+                                    "processing")
             await defer.DeferredList([self.process(s) for s in pending], consumeErrors=True)
 
         return Deferred.fromCoroutine(run())

@@ -15,7 +15,6 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -35,7 +34,7 @@ from lnt.domain.records import (
     Merchant,
     OrderState,
 )
-from lnt.interfaces import IConsignments, ILedger
+from lnt.interfaces import BackendTimeout, IConsignments, ILedger, bounded
 from lnt.jobs.notifier import http_url
 from lnt.jobs.processor import Processor
 from lnt.web.json import finish_json, refuse_other_methods, write_json
@@ -64,10 +63,9 @@ class ConsignmentAPI:
         self.window = window
 
     async def _b(self, d: Deferred[Any]) -> Any:
-        d.addTimeout(self.timeout, self.clock)
         try:
-            return await d
-        except defer.TimeoutError:
+            return await bounded(d, self.timeout, self.clock, "consignment store")
+        except BackendTimeout:
             raise Refused("system busy: try again") from None
 
     async def merchant_of(self, params: dict[str, str], required: tuple[str, ...]) -> Merchant:

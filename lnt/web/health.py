@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -10,7 +9,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 import lnt
-from lnt.interfaces import ILedger
+from lnt.interfaces import ILedger, bounded
 from lnt.web.json import finish_json
 
 log = Logger()
@@ -26,8 +25,7 @@ class Health(Resource):
         self._timeout = timeout
 
     def render_GET(self, request: Request) -> int:
-        d: defer.Deferred[dict[str, object]] = self._ledger.health()
-        d.addTimeout(self._timeout, self._clock)
+        d = bounded(self._ledger.health(), self._timeout, self._clock, "health")
 
         def ok(ledger: dict[str, object]) -> None:
             body = {"status": "ok", "version": lnt.__version__,

@@ -24,7 +24,6 @@ from enum import Enum
 from typing import Any
 
 from Crypto.Cipher import AES
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -46,7 +45,7 @@ from lnt.domain.records import (
     OrderState,
     Session,
 )
-from lnt.interfaces import IPKI, ILedger
+from lnt.interfaces import IPKI, BackendTimeout, ILedger, bounded
 from lnt.messages import cardscript
 from lnt.messages.cardscript import ScriptError
 from lnt.web.json import finish_json, refuse_other_methods
@@ -233,14 +232,13 @@ class OrderAPI:
         return int(self.clock.seconds() * 1000)
 
     async def _backend(self, d: Deferred[Any]) -> Any:
-        d.addTimeout(self.timeout, self.clock)
         try:
-            return await d
+            return await bounded(d, self.timeout, self.clock, "ledger")
         except Conflict as e:
             raise APIError(str(e)) from None
         except NotFound as e:
             raise APIError(str(e)) from None
-        except defer.TimeoutError:
+        except BackendTimeout:
             raise APIError("system busy: the ledger did not answer in time; repeat the "
                            "request") from None
 
