@@ -194,3 +194,62 @@ def test_a_flow_plugin_naming_no_protocol_class_fails_when_the_registry_is_built
 def test_builtin_flows_are_discovered_as_plugins() -> None:
     names = {f.name: f.first_header for f in FlowRegistry.discover().flows()}
     assert names["sign-in"] == 0xDD01
+
+
+# -- every branch of FlowProtocol, with the flows of tests/flowsamples.py ----------------------
+
+def sample_factory(clock: Clock, flow: str, header: int = 0xDD91) -> DDServerFactory:
+    b = SyncBackends()
+    ctx = FlowContext(ledger=b.ledger, pki=b.pki, core=b.core, clock=clock, settings=SETTINGS)
+    return DDServerFactory(FlowRegistry([FlowPlugin(flow, header, f"tests.flowsamples.{flow}")]),
+                           ctx, max_connections=2)
+
+
+def test_a_backend_call_that_never_answers_ends_the_flow_with_dd(clock: Clock) -> None:
+    conn = Conn(sample_factory(clock, "SlowBackendFlow"))
+    assert conn.send(request(0xDD91, step=0)) == []
+    clock.advance(9.9)
+    assert conn.responses() == [] and not conn.closed
+    clock.advance(0.2)  # the backend timeout (10 s)
+    [r] = conn.responses()
+    assert (r.header, r.flow, r.code) == (0xDD92, FlowIndicator.END, InfoCode.SYSTEM_BUSY)
+    assert conn.closed
+
+
+def test_a_frame_while_the_stage_is_in_work_is_out_of_order(clock: Clock) -> None:
+    conn = Conn(sample_factory(clock, "BusyStageFlow"))
+    [first] = conn.send(request(0xDD91, step=0))
+    assert (first.header, first.flow) == (0xDD92, FlowIndicator.CONTINUE)
+    assert conn.send(request(0xDD93)) == []  # stage DD93 now in work (a slow backend call)
+    [r] = conn.send(request(0xDD95))
+    assert (r.header, r.code) == (0xDD96, InfoCode.OUT_OF_ORDER) and conn.closed
+
+
+def test_an_unexpected_error_is_answered_ee_and_logged(clock: Clock) -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        conn = Conn(sample_factory(clock, "CrashingFlow"))
+        [r] = conn.send(request(0xDD91, step=0))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert (r.header, r.code) == (0xDD92, InfoCode.BACKEND_ERROR) and conn.closed
+    assert any("unexpected error" in str(e.get("log_format")) and "log_failure" in e
+               for e in events)
+
+
+def test_a_run_that_returns_without_an_answer_is_answered_ee(clock: Clock) -> None:
+    conn = Conn(sample_factory(clock, "SilentFlow"))
+    [r] = conn.send(request(0xDD91, step=0))
+    assert (r.header, r.code) == (0xDD92, InfoCode.BACKEND_ERROR) and conn.closed
+
+
+def test_a_run_that_never_finishes_is_ended_by_the_flow_deadline(clock: Clock) -> None:
+    conn = Conn(sample_factory(clock, "EndlessFlow"))
+    assert conn.send(request(0xDD91, step=0)) == []
+    clock.advance(119)
+    assert not conn.closed
+    clock.advance(2)  # flow deadline 120 s
+    assert conn.closed and conn.responses() == []
