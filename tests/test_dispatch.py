@@ -226,15 +226,21 @@ def test_a_frame_while_the_stage_is_in_work_is_out_of_order(clock: Clock) -> Non
 
 
 def test_an_unexpected_error_is_answered_ee_and_logged(clock: Clock) -> None:
-    from twisted.logger import globalLogPublisher
+    from twisted.logger import ILogObserver, globalLogPublisher
+    from zope.interface import provider
 
     events: list[dict[str, object]] = []
-    globalLogPublisher.addObserver(events.append)
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, object]) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
     try:
         conn = Conn(sample_factory(clock, "CrashingFlow"))
         [r] = conn.send(request(0xDD91, step=0))
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observe)
     assert (r.header, r.code) == (0xDD92, InfoCode.BACKEND_ERROR) and conn.closed
     assert any("unexpected error" in str(e.get("log_format")) and "log_failure" in e
                for e in events)
