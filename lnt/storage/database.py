@@ -127,8 +127,10 @@ class PostgresEngine(Engine):
 
     name = "postgres"
     types = {"serial": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT", "bytes": "BYTEA"}
-    #: serialization failure, deadlock
-    TRANSIENT = frozenset({"40001", "40P01"})
+    #: serialization failure, deadlock, and a unique violation: under SERIALIZABLE it means a
+    #: concurrent transaction inserted the same key first (two daemons taking one merchant's
+    #: orderId at once); run again, the transaction finds that row and answers with it
+    TRANSIENT = frozenset({"40001", "40P01", "23505"})
 
     def sql(self, text: str) -> str:
         return text.replace("%", "%%").replace("?", "%s")
