@@ -258,6 +258,18 @@ class Redemption:
     reason: str
 
 
+class NotificationState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    #: every attempt failed; an operator may retry it
+    FAILED = "failed"
+
+
+class VoucherState(StrEnum):
+    ISSUED = "issued"
+    REDEEMED = "redeemed"
+
+
 @dataclass(frozen=True)
 class Notification:
     id: int

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -31,19 +32,20 @@ from lnt.domain.records import (
     InsufficientBalance,
     Merchant,
     Notification,
+    NotificationState,
     Order,
     OrderState,
     Payment,
 )
 from lnt.interfaces import IConsignments
-from lnt.storage.database import Cursor, Transactor
+from lnt.storage.database import Cursor, Transactor, by_name
 from lnt.storage.journal import (
     ACCOUNT_CONSIGNMENT_FEES,
     ACCOUNT_VOUCHERS_OUTSTANDING,
     account_merchant,
     post,
 )
-from lnt.storage.orders import insert_order, insert_payment
+from lnt.storage.orders import ORDER_COLUMNS, insert_order, insert_payment
 from lnt.storage.registry import issued_card
 
 BATCH_LIMIT = 2000
@@ -54,22 +56,34 @@ _CONSIGNMENT = ("system_order_id, customer_id, order_id, batchno, product_code, 
                 " success_ms, created_ms")
 
 
-def _consignment(row: tuple[Any, ...]) -> Consignment:
-    return Consignment(str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]),
-                       int(row[5]), str(row[6]), str(row[7]), str(row[8]),
-                       ConsignmentState(row[9]), str(row[10]),
-                       None if row[11] is None else int(row[11]),
-                       None if row[12] is None else int(row[12]),
-                       None if row[13] is None else int(row[13]), int(row[14]))
+def _consignment(row: Sequence[Any]) -> Consignment:
+    r = by_name(_CONSIGNMENT, row)
+
+    def optional(name: str) -> int | None:
+        return None if r[name] is None else int(r[name])
+
+    return Consignment(
+        system_order_id=str(r["system_order_id"]), customer_id=str(r["customer_id"]),
+        order_id=str(r["order_id"]), batchno=str(r["batchno"]),
+        product_code=str(r["product_code"]), amount=int(r["amount"]),
+        notify_url=str(r["notify_url"]), custom=str(r["custom"]),
+        card_masked=str(r["card_masked"]), state=ConsignmentState(r["state"]),
+        message=str(r["message"]), success_amount=optional("success_amount"),
+        actual_amount=optional("actual_amount"), success_ms=optional("success_ms"),
+        created_ms=int(r["created_ms"]))
 
 
-_TOPUP_ORDER = ("SELECT order_no, logical_no, amount, state, created_ms, updated_ms, physical_no,"
-                " card_kind FROM orders WHERE platform_no = ? AND biz_serial_no = ?")
+_TOPUP_ORDER = (f"SELECT {ORDER_COLUMNS} FROM orders WHERE platform_no = ? AND"
+                " biz_serial_no = ?")
 
 
-def _topup_order(row: tuple[Any, ...], biz: str) -> Order:
-    return Order(str(row[0]), TOPUP_PLATFORM, biz, 0, CardKind(row[7]), str(row[1]),
-                 str(row[6]), int(row[2]), OrderState(row[3]), int(row[4]), int(row[5]))
+def _topup_order(row: Sequence[Any], biz: str) -> Order:
+    r = by_name(ORDER_COLUMNS, row)
+    return Order(order_no=str(r["order_no"]), platform_no=TOPUP_PLATFORM, biz_serial_no=biz,
+                 pki_no=0, card_kind=CardKind(r["card_kind"]), logical_no=str(r["logical_no"]),
+                 physical_no=str(r["physical_no"]), amount=int(r["amount"]),
+                 state=OrderState(r["state"]), created_ms=int(r["created_ms"]),
+                 updated_ms=int(r["updated_ms"]))
 
 
 def notification_fields(c: Consignment) -> dict[str, str]:
@@ -111,8 +125,9 @@ def notify_topup(cur: Cursor, sealer: Sealer, order_no: str, loaded: bool, amoun
     }
     fields["sign"] = make_sign(fields, md5)
     cur.execute("INSERT INTO notifications (reference, url, body, state, attempts, next_ms,"
-                " created_ms) VALUES (?, ?, ?, 'pending', 0, ?, ?)",
-                (order_no, str(url), urlencode(fields), now_ms, now_ms))
+                " created_ms) VALUES (?, ?, ?, ?, 0, ?, ?)",
+                (order_no, str(url), urlencode(fields), NotificationState.PENDING.value, now_ms,
+                 now_ms))
 
 
 @implementer(IConsignments)
@@ -233,16 +248,16 @@ class SQLConsignments:
     def processing(self) -> Deferred[list[str]]:
         def txn(cur: Cursor) -> list[str]:
             return [str(r[0]) for r in cur.execute(
-                "SELECT system_order_id FROM consignments WHERE state = 'processing' ORDER BY"
-                " created_ms").fetchall()]
+                "SELECT system_order_id FROM consignments WHERE state = ? ORDER BY created_ms",
+                (ConsignmentState.PROCESSING.value,)).fetchall()]
 
         return self.db.runInteraction("processing consignments", txn)
 
     def card_of(self, system_order_id: str) -> Deferred[tuple[Consignment, str, str] | None]:
         def txn(cur: Cursor) -> tuple[Any, ...] | None:
             row = cur.execute(f"SELECT {_CONSIGNMENT}, secrets FROM consignments WHERE"
-                              " system_order_id = ? AND state = 'processing'",
-                              (system_order_id,)).fetchone()
+                              " system_order_id = ? AND state = ?",
+                              (system_order_id, ConsignmentState.PROCESSING.value)).fetchone()
             return row
 
         def unseal(row: tuple[Any, ...] | None) -> tuple[Consignment, str, str] | None:
@@ -298,9 +313,9 @@ class SQLConsignments:
                 fields = notification_fields(done)
                 fields["sign"] = make_sign(fields, md5)
                 cur.execute("INSERT INTO notifications (reference, url, body, state, attempts,"
-                            " next_ms, created_ms) VALUES (?, ?, ?, 'pending', 0, ?, ?)",
-                            (system_order_id, done.notify_url, urlencode(fields), now_ms,
-                             now_ms))
+                            " next_ms, created_ms) VALUES (?, ?, ?, ?, 0, ?, ?)",
+                            (system_order_id, done.notify_url, urlencode(fields),
+                             NotificationState.PENDING.value, now_ms, now_ms))
             return done
 
         return self.db.runInteraction("complete consignment", txn)
@@ -315,9 +330,10 @@ class SQLConsignments:
         def txn(cur: Cursor) -> tuple[Order, bool]:
             row = cur.execute(_TOPUP_ORDER, (TOPUP_PLATFORM, biz)).fetchone()
             if row is not None:
-                if (str(row[1]), int(row[2])) != (logical_no, amount):
+                found = _topup_order(row, biz)
+                if (found.logical_no, found.amount) != (logical_no, amount):
                     raise Conflict(f"orderId {order_id} was used for another top-up")
-                return _topup_order(row, biz), False
+                return found, False
             # the card is checked before the merchant is debited: a top-up for a card that
             # cannot take it would be money taken for a load that never happens
             issued = issued_card(cur, logical_no)
@@ -357,8 +373,8 @@ class SQLConsignments:
 
         def txn(cur: Cursor) -> list[Notification]:
             rows = cur.execute("SELECT id, reference, url, body, attempts FROM notifications"
-                               " WHERE state = 'pending' AND next_ms <= ? ORDER BY next_ms"
-                               " LIMIT ?", (now_ms, limit)).fetchall()
+                               " WHERE state = ? AND next_ms <= ? ORDER BY next_ms LIMIT ?",
+                               (NotificationState.PENDING.value, now_ms, limit)).fetchall()
             out = []
             for r in rows:
                 cur.execute("UPDATE notifications SET next_ms = ? WHERE id = ?",
@@ -372,8 +388,8 @@ class SQLConsignments:
         """Put a claimed notification back for later without counting an attempt."""
 
         def txn(cur: Cursor) -> None:
-            cur.execute("UPDATE notifications SET next_ms = ? WHERE id = ? AND state = 'pending'",
-                        (next_ms, notification_id))
+            cur.execute("UPDATE notifications SET next_ms = ? WHERE id = ? AND state = ?",
+                        (next_ms, notification_id, NotificationState.PENDING.value))
 
         return self.db.runInteraction("postpone notification", txn)
 
@@ -384,15 +400,16 @@ class SQLConsignments:
                         " (?, ?, ?)", (notification_id, now_ms, outcome[:200]))
             row = cur.execute("SELECT attempts, state FROM notifications WHERE id = ?",
                               (notification_id,)).fetchone()
-            if row is None or row[1] != "pending":
+            if row is None or NotificationState(row[1]) is not NotificationState.PENDING:
                 return  # decided already (a late attempt): recorded, never undone
             attempts = int(row[0]) + 1
             if delivered:
-                state, next_ms = "delivered", now_ms
+                state, next_ms = NotificationState.DELIVERED, now_ms
             elif attempts > len(retry_intervals):
-                state, next_ms = "failed", now_ms
+                state, next_ms = NotificationState.FAILED, now_ms
             else:
-                state, next_ms = "pending", now_ms + int(retry_intervals[attempts - 1] * 1000)
+                state, next_ms = (NotificationState.PENDING,
+                                  now_ms + int(retry_intervals[attempts - 1] * 1000))
             cur.execute("UPDATE notifications SET attempts = ?, state = ?, next_ms = ? WHERE"
                         " id = ?", (attempts, state, next_ms, notification_id))
 

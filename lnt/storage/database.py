@@ -205,6 +205,15 @@ class Cursor:
         return int(self._raw.rowcount)
 
 
+def by_name(columns: str, row: Sequence[Any]) -> dict[str, Any]:
+    """A row selected with the column list C{columns} (C{"a, b, c"}), as C{{name: value}}:
+    every record is read by its column names, never by position."""
+    names = [c.strip() for c in columns.split(",")]
+    if len(names) != len(row):
+        raise ValueError(f"{len(row)} values for {len(names)} columns")
+    return dict(zip(names, row, strict=True))
+
+
 def _plain(value: Any) -> Any:
     # BYTEA may come back as a memoryview; the rest of the code wants bytes on both engines.
     return bytes(value) if isinstance(value, memoryview) else value

@@ -8,6 +8,7 @@ they are written, so a copy of the database alone does not give them away.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,9 @@ from lnt.domain.records import (
     CardKind,
     CardRefused,
     CardState,
+    CardStatus,
     Conflict,
+    ConsignmentState,
     IssuedCard,
     Load,
     LoadState,
@@ -38,7 +41,7 @@ from lnt.domain.records import (
 )
 from lnt.interfaces import ILedger
 from lnt.storage.consignments import notify_topup
-from lnt.storage.database import Cursor, Transactor
+from lnt.storage.database import Cursor, Transactor, by_name
 from lnt.storage.journal import (
     ACCOUNT_AWAITING_LOAD,
     ACCOUNT_CARD_FLOAT,
@@ -113,8 +116,8 @@ class SQLLedger:
         def txn(cur: Cursor) -> Session | None:
             cur.execute(
                 "UPDATE pki_cards SET last_counter = ? WHERE pki_no = ? AND last_counter < ?"
-                " AND status = 'active'",
-                (counter, pki_no, counter),
+                " AND status = ?",
+                (counter, pki_no, counter, CardStatus.ACTIVE.value),
             )
             if cur.rowcount != 1:
                 return None
@@ -133,19 +136,20 @@ class SQLLedger:
     def _session(self, row: tuple[Any, ...] | None, now_ms: int) -> Session | None:
         if row is None:
             return None
-        pki_no, user_id, serial, sealed, created, expires = row
-        if now_ms >= expires:
+        r = by_name(self._SESSION_COLUMNS, row)
+        if now_ms >= r["expires_ms"]:
             return None
-        key = self._sealer.open(bytes(sealed), b"session:%d" % pki_no)
-        return Session(int(pki_no), bytes.fromhex(user_id), serial, key, created, expires)
+        key = self._sealer.open(bytes(r["session_key"]), b"session:%d" % r["pki_no"])
+        return Session(int(r["pki_no"]), bytes.fromhex(r["user_id"]), str(r["serial"]), key,
+                       int(r["created_ms"]), int(r["expires_ms"]))
 
     def session(self, pki_no: int, now_ms: int) -> Deferred[Session | None]:
         def txn(cur: Cursor) -> tuple[Any, ...] | None:
             return cur.execute(
                 f"SELECT {self._SESSION_COLUMNS} FROM sessions s WHERE pki_no = ?"
                 " AND EXISTS (SELECT 1 FROM pki_cards c WHERE c.pki_no = s.pki_no"
-                " AND c.status = 'active')",
-                (pki_no,),
+                " AND c.status = ?)",
+                (pki_no, CardStatus.ACTIVE.value),
             ).fetchone()
 
         return self.db.runInteraction("session", txn).addCallback(self._session, now_ms)
@@ -155,8 +159,8 @@ class SQLLedger:
             return cur.execute(
                 f"SELECT {self._SESSION_COLUMNS} FROM sessions s WHERE serial = ?"
                 " AND EXISTS (SELECT 1 FROM pki_cards c WHERE c.pki_no = s.pki_no"
-                " AND c.status = 'active')",
-                (serial,),
+                " AND c.status = ?)",
+                (serial, CardStatus.ACTIVE.value),
             ).fetchone()
 
         return self.db.runInteraction("session_by_serial", txn).addCallback(self._session, now_ms)
@@ -223,7 +227,7 @@ class SQLLedger:
                 (platform_no, biz_serial_no),
             ).fetchone()
             if row is not None:
-                if row[-1] != fingerprint:
+                if by_name(_PAYMENT, row)["fingerprint"] != fingerprint:
                     raise Conflict(f"biz_serial_no {biz_serial_no} was registered with other "
                                    "fields")
                 return _payment(row), False
@@ -446,8 +450,8 @@ class SQLLedger:
     def money_at_risk(self, now_ms: int) -> Deferred[list[AtRisk]]:
         def txn(cur: Cursor) -> list[AtRisk]:
             out = []
-            for row in cur.execute(f"SELECT {_LOAD} FROM loads WHERE state = 'pending'"
-                                   " ORDER BY created_ms").fetchall():
+            for row in cur.execute(f"SELECT {_LOAD} FROM loads WHERE state = ? ORDER BY"
+                                   " created_ms", (LoadState.PENDING.value,)).fetchall():
                 load = _load(row)
                 out.append(AtRisk("load in doubt", load.order_no, load.amount, load.created_ms,
                                   f"{load.card_kind.value} card, terminal PKI {load.pki_no}"))
@@ -460,9 +464,9 @@ class SQLLedger:
                                   int(created), f"refused: {refusal}" if refusal else
                                   "no order made yet"))
             for order_no, amount, created in cur.execute(
-                    "SELECT order_no, amount, created_ms FROM orders WHERE state = 'created'"
+                    "SELECT order_no, amount, created_ms FROM orders WHERE state = ?"
                     " AND created_ms < ? ORDER BY created_ms",
-                    (now_ms - STALE_ORDER_MS,)).fetchall():
+                    (OrderState.CREATED.value, now_ms - STALE_ORDER_MS)).fetchall():
                 out.append(AtRisk("order not loaded", str(order_no), int(amount), int(created),
                                   "paid, no load for more than a day"))
             return out
@@ -498,7 +502,7 @@ class SQLLedger:
                               (platform_no, biz_serial_no)).fetchone()
             if row is None:
                 raise NotFound(f"no payment {platform_no}:{biz_serial_no}")
-            if row[-1] is not None:
+            if by_name(f"{_PAYMENT}, refunded_ms", row)["refunded_ms"] is not None:
                 raise Conflict(f"payment {platform_no}:{biz_serial_no} was refunded already")
             if cur.execute("SELECT 1 FROM orders WHERE platform_no = ? AND biz_serial_no = ?",
                            (platform_no, biz_serial_no)).fetchone() is not None:
@@ -537,8 +541,8 @@ class SQLLedger:
         def txn(cur: Cursor) -> list[ReconRow]:
             sql = ("SELECT o.platform_no, o.biz_serial_no, o.order_no, o.logical_no, l.amount,"
                    " l.updated_ms FROM loads l JOIN orders o ON o.order_no = l.order_no"
-                   " WHERE l.state = 'loaded' AND l.updated_ms >= ? AND l.updated_ms < ?")
-            params: list[object] = [since, until]
+                   " WHERE l.state = ? AND l.updated_ms >= ? AND l.updated_ms < ?")
+            params: list[object] = [LoadState.LOADED.value, since, until]
             if platform_no is not None:
                 sql += " AND o.platform_no = ?"
                 params.append(platform_no)
@@ -582,8 +586,9 @@ def _decided(cur: Cursor, kind: str, reference: str, decision: str, reason: str,
 
 
 def _pending_load(cur: Cursor, logical_no: str) -> Load | None:
-    row = cur.execute(f"SELECT {_LOAD} FROM loads WHERE logical_no = ? AND state = 'pending'"
-                      " ORDER BY created_ms LIMIT 1", (logical_no,)).fetchone()
+    row = cur.execute(f"SELECT {_LOAD} FROM loads WHERE logical_no = ? AND state = ?"
+                      " ORDER BY created_ms LIMIT 1",
+                      (logical_no, LoadState.PENDING.value)).fetchone()
     return None if row is None else _load(row)
 
 
@@ -599,8 +604,8 @@ def _finish(cur: Cursor, sealer: Sealer, order_no: str, state: LoadState, tac: s
     if current.state is not LoadState.PENDING:
         raise Conflict(f"load of order {order_no} is {current.state.value} already")
     cur.execute("UPDATE loads SET state = ?, tac = ?, new_balance = ?, updated_ms = ?"
-                " WHERE order_no = ? AND state = 'pending'",
-                (state.value, tac, new_balance, now_ms, order_no))
+                " WHERE order_no = ? AND state = ?",
+                (state.value, tac, new_balance, now_ms, order_no, LoadState.PENDING.value))
     if cur.rowcount != 1:  # pragma: no cover - serialised by the transaction
         raise Conflict(f"load of order {order_no} changed meanwhile")
     order_state = OrderState.LOADED if state is LoadState.LOADED else OrderState.REVERSED
@@ -626,12 +631,21 @@ def _load_row(load: Load) -> tuple[Any, ...]:
             load.updated_ms, load.hold_until_ms)
 
 
-def _load(row: tuple[Any, ...]) -> Load:
-    return Load(str(row[0]), int(row[1]), CardKind(row[2]), str(row[3]), str(row[4]),
-                int(row[5]), int(row[6]), None if row[7] is None else int(row[7]), str(row[8]),
-                str(row[9]), int(row[10]), LoadState(row[11]), row[12],
-                None if row[13] is None else int(row[13]), int(row[14]), int(row[15]),
-                int(row[16]))
+def _load(row: Sequence[Any]) -> Load:
+    r = by_name(_LOAD, row)
+    return Load(
+        order_no=str(r["order_no"]), pki_no=int(r["pki_no"]), card_kind=CardKind(r["card_kind"]),
+        logical_no=str(r["logical_no"]), physical_no=str(r["physical_no"]),
+        amount=int(r["amount"]), old_balance=int(r["old_balance"]),
+        online_serial=_int_or_none(r["online_serial"]), terminal_id=str(r["terminal_id"]),
+        load_time=str(r["load_time"]), key_version=int(r["key_version"]),
+        state=LoadState(r["state"]), tac=r["tac"], new_balance=_int_or_none(r["new_balance"]),
+        created_ms=int(r["created_ms"]), updated_ms=int(r["updated_ms"]),
+        hold_until_ms=int(r["hold_until_ms"]))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _check(cur: Cursor) -> list[str]:
@@ -669,8 +683,8 @@ def _check(cur: Cursor) -> list[str]:
         if refunded is not None and (int(platform), str(biz)) in ordered:
             problems.append(f"payment {platform}:{biz} was refunded and has an order")
     pending_cards: dict[str, int] = {}
-    for (logical,) in cur.execute("SELECT logical_no FROM loads WHERE state ="
-                                  " 'pending'").fetchall():
+    for (logical,) in cur.execute("SELECT logical_no FROM loads WHERE state = ?",
+                                  (LoadState.PENDING.value,)).fetchall():
         pending_cards[str(logical)] = pending_cards.get(str(logical), 0) + 1
     for n in pending_cards.values():
         if n > 1:
@@ -686,11 +700,11 @@ def _check(cur: Cursor) -> list[str]:
         as_loaded = [sorted([(ACCOUNT_AWAITING_LOAD, amount), (ACCOUNT_CARD_FLOAT, -amount)])]
         as_reversed = [sorted([(ACCOUNT_AWAITING_LOAD, amount), (ACCOUNT_REVERSED, -amount)])]
         expected = {
-            "created": (None, [], []),
-            "pending": (LoadState.PENDING, [], []),
-            "loaded": (LoadState.LOADED, as_loaded, []),
-            "reversed": (LoadState.REVERSED, [], as_reversed),
-        }[state]
+            OrderState.CREATED: (None, [], []),
+            OrderState.PENDING: (LoadState.PENDING, [], []),
+            OrderState.LOADED: (LoadState.LOADED, as_loaded, []),
+            OrderState.REVERSED: (LoadState.REVERSED, [], as_reversed),
+        }[OrderState(state)]
         if (load.state if load else None, posted_load, posted_rev) != expected:
             problems.append(f"order {order_no} is {state} but its load is "
                             f"{load.state.value if load else 'absent'} with {len(posted_load)}"
@@ -702,7 +716,7 @@ def _check(cur: Cursor) -> list[str]:
             "SELECT system_order_id, state, customer_id, success_amount, actual_amount FROM"
             " consignments").fetchall():
         posted = entries.get(("consignment", str(system_id)), [])
-        if state == "success":
+        if ConsignmentState(state) is ConsignmentState.SUCCESS:
             want = [sorted([(ACCOUNT_VOUCHERS_OUTSTANDING, int(face)),
                             (account_merchant(str(customer)), -int(actual)),
                             (ACCOUNT_CONSIGNMENT_FEES, int(actual) - int(face))])]
@@ -718,11 +732,18 @@ _PAYMENT = "platform_no, biz_serial_no, money, user_id, pki_no, created_ms, fing
 _ORDER = ORDER_COLUMNS
 
 
-def _payment(row: tuple[Any, ...]) -> Payment:
-    return Payment(int(row[0]), str(row[1]), int(row[2]), str(row[3]), int(row[4]), int(row[5]))
+def _payment(row: Sequence[Any]) -> Payment:
+    r = by_name(_PAYMENT, row[:len(_PAYMENT.split(","))])
+    return Payment(platform_no=int(r["platform_no"]), biz_serial_no=str(r["biz_serial_no"]),
+                   money=int(r["money"]), user_id=str(r["user_id"]), pki_no=int(r["pki_no"]),
+                   created_ms=int(r["created_ms"]))
 
 
-def _order(row: tuple[Any, ...]) -> Order:
-    return Order(str(row[0]), int(row[1]), str(row[2]), int(row[3]), CardKind(row[4]),
-                 str(row[5]), str(row[6]), int(row[7]), OrderState(row[8]), int(row[9]),
-                 int(row[10]))
+def _order(row: Sequence[Any]) -> Order:
+    r = by_name(_ORDER, row)
+    return Order(order_no=str(r["order_no"]), platform_no=int(r["platform_no"]),
+                 biz_serial_no=str(r["biz_serial_no"]), pki_no=int(r["pki_no"]),
+                 card_kind=CardKind(r["card_kind"]), logical_no=str(r["logical_no"]),
+                 physical_no=str(r["physical_no"]), amount=int(r["amount"]),
+                 state=OrderState(r["state"]), created_ms=int(r["created_ms"]),
+                 updated_ms=int(r["updated_ms"]))

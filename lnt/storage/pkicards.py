@@ -64,8 +64,8 @@ class LedgerPKI:
     def revoke(self, pki_no: int) -> Deferred[bool]:
         def txn(cur: Cursor) -> bool:
             cur.execute(
-                "UPDATE pki_cards SET status = 'revoked', revoked_ms = ? WHERE pki_no = ?",
-                (int(time.time() * 1000), pki_no),
+                "UPDATE pki_cards SET status = ?, revoked_ms = ? WHERE pki_no = ?",
+                (CardStatus.REVOKED.value, int(time.time() * 1000), pki_no),
             )
             found = cur.rowcount > 0
             cur.execute("DELETE FROM sessions WHERE pki_no = ?", (pki_no,))
@@ -76,8 +76,8 @@ class LedgerPKI:
     def card_for_user(self, user_id: bytes) -> Deferred[PKICard | None]:
         def txn(cur: Cursor) -> PKICard | None:
             row = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards WHERE user_id = ? AND"
-                              " status = 'active' ORDER BY pki_no LIMIT 1",
-                              (user_id.hex(),)).fetchone()
+                              " status = ? ORDER BY pki_no LIMIT 1",
+                              (user_id.hex(), CardStatus.ACTIVE.value)).fetchone()
             return None if row is None else _card(row)
 
         return self.db.runInteraction("pki card_for_user", txn)

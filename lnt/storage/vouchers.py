@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
 from lnt.domain.masking import mask_card
-from lnt.domain.records import Redemption
+from lnt.domain.records import Redemption, VoucherState
 from lnt.interfaces import IIssuer
 from lnt.storage.database import Cursor, Transactor
 from lnt.storage.journal import ACCOUNT_VOUCHERS_OUTSTANDING, ACCOUNT_VOUCHERS_SOLD, post
@@ -67,12 +67,13 @@ class VoucherIssuer:
         for v in made:
             salt = secrets.token_bytes(16)
             rows.append((self._card_id(v.card_number), mask_card(v.card_number), salt,
-                         _password_hash(v.password, salt), face_value, product_code, now_ms))
+                         _password_hash(v.password, salt), face_value, product_code,
+                         VoucherState.ISSUED.value, now_ms))
 
         def txn(cur: Cursor) -> list[IssuedVoucher]:
             cur.executemany("INSERT INTO vouchers (card_id, masked, salt, password_hash,"
                             " face_value, product_code, state, created_ms) VALUES"
-                            " (?, ?, ?, ?, ?, ?, 'issued', ?)", rows)
+                            " (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             total = face_value * count
             post(cur, "voucher-issue", f"{product_code}:{now_ms}:{rows[0][0][:12]}", now_ms,
                  [(ACCOUNT_VOUCHERS_SOLD, total), (ACCOUNT_VOUCHERS_OUTSTANDING, -total)])
@@ -107,7 +108,7 @@ class VoucherIssuer:
             if row is None:  # pragma: no cover - vouchers are never deleted
                 return Redemption(False, None, "unknown card number")
             value, product, state, ref = row
-            if state == "redeemed":
+            if VoucherState(state) is VoucherState.REDEEMED:
                 if ref == reference:
                     return Redemption(True, int(value), "redeemed")
                 return Redemption(False, None, "card already redeemed")
@@ -115,8 +116,10 @@ class VoucherIssuer:
                 return Redemption(False, None, f"card is not of product {product_code}")
             if int(value) != face_value:
                 return Redemption(False, None, f"face value is not {face_value}")
-            cur.execute("UPDATE vouchers SET state = 'redeemed', redeemed_ref = ?, redeemed_ms = ?"
-                        " WHERE card_id = ? AND state = 'issued'", (reference, now_ms, card_id))
+            cur.execute("UPDATE vouchers SET state = ?, redeemed_ref = ?, redeemed_ms = ?"
+                        " WHERE card_id = ? AND state = ?",
+                        (VoucherState.REDEEMED.value, reference, now_ms, card_id,
+                         VoucherState.ISSUED.value))
             return Redemption(True, int(value), "redeemed")
 
         return await self.db.runInteraction("redeem voucher", txn)
