@@ -39,7 +39,14 @@ from lnt.domain.records import (
     Platform,
 )
 from lnt.keyfiles import CardKeyFile, PlatformKeys
-from lnt.storage.database import DSN, Database, DatabaseConfigError, SyncDatabase, result_of
+from lnt.storage.database import (
+    DSN,
+    Cursor,
+    Database,
+    DatabaseConfigError,
+    SyncDatabase,
+    result_of,
+)
 from lnt.storage.journal import UnbalancedEntry, post
 from lnt.storage.ledger import SQLLedger
 from lnt.storage.migrations import LATEST, MIGRATIONS, SchemaTooNew, migrate
@@ -590,3 +597,26 @@ def test_postgres_without_its_driver_says_which_extra_to_install(
         dsn.connect()
     with pytest.raises(DatabaseConfigError, match=r"install lnt-recharge\[postgres\]"):
         dsn.pool()
+
+
+def test_the_database_refuses_an_order_state_that_is_none(dsn: DSN) -> None:
+    """The order states are enforced by the database too (a CHECK, or SQLite triggers)."""
+    migrate(dsn)
+    db = SyncDatabase(dsn)
+    try:
+        ledger = SQLLedger(db, KEYS.sealer())
+        result_of(ledger.add_platform(Platform(7, "bikes")))
+        result_of(ledger.register_card(IssuedCard(CARD.logical_no, CARD.kind,
+                                                  CARD.physical_no), 0))
+        result_of(ledger.register_payment(7, "S1", 500, "u", 1001, "fp", 1))
+        order, _ = result_of(ledger.create_order(7, "S1", 1001, CARD, 500, 1))
+
+        def bad(cur: Cursor) -> None:
+            cur.execute("UPDATE orders SET state = 'lost' WHERE order_no = ?",
+                        (order.order_no,))
+
+        with pytest.raises(Exception, match=r"(?i)check"):
+            result_of(db.runInteraction("bad state", bad))
+        assert result_of(ledger.order(order.order_no)).state is OrderState.CREATED  # type: ignore[union-attr]
+    finally:
+        db.close()

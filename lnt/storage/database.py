@@ -72,6 +72,10 @@ class Engine:
         """The transaction lost a race and may be run again."""
         raise NotImplementedError
 
+    def add_check(self, table: str, column: str, values: Sequence[str]) -> list[str]:
+        """Statements that make C{column} of an existing table accept only C{values}."""
+        raise NotImplementedError
+
     def connect(self, target: str) -> DBConnection:
         """A plain synchronous connection, set up (migrations at start, the admin CLI)."""
         raise NotImplementedError
@@ -95,6 +99,14 @@ class SqliteEngine(Engine):
 
     def is_transient(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+    def add_check(self, table: str, column: str, values: Sequence[str]) -> list[str]:
+        # SQLite cannot add a CHECK to an existing table: triggers refuse the same rows
+        allowed = ", ".join(f"'{v}'" for v in values)
+        return [f"CREATE TRIGGER {table}_{column}_{when.lower()} BEFORE {when} ON {table}"
+                f" WHEN NEW.{column} NOT IN ({allowed}) BEGIN SELECT RAISE(ABORT,"
+                f" 'CHECK constraint failed: {table}.{column}'); END"
+                for when in ("INSERT", "UPDATE")]
 
     @staticmethod
     def setup(conn: Any) -> None:
@@ -137,6 +149,11 @@ class PostgresEngine(Engine):
 
     def is_transient(self, error: BaseException) -> bool:
         return getattr(error, "sqlstate", None) in self.TRANSIENT
+
+    def add_check(self, table: str, column: str, values: Sequence[str]) -> list[str]:
+        allowed = ", ".join(f"'{v}'" for v in values)
+        return [f"ALTER TABLE {table} ADD CONSTRAINT {table}_{column}_check"
+                f" CHECK ({column} IN ({allowed}))"]
 
     @staticmethod
     def driver() -> Any:

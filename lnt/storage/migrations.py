@@ -13,15 +13,19 @@ Timestamps are integer milliseconds since the epoch (UTC); money is integer fen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.logger import Logger
 
-from lnt.storage.database import DSN, Cursor, DBConnection, run_transaction
+from lnt.storage.database import DSN, Cursor, DBConnection, Engine, run_transaction
 
 log = Logger()
 
-MIGRATIONS: Sequence[tuple[int, str]] = (
+#: a migration is SQL (with the engine's column types filled in) or, where the databases need
+#: different statements, a function of the engine giving them
+Script = str | Callable[[Engine], list[str]]
+
+MIGRATIONS: Sequence[tuple[int, Script]] = (
     (
         1,
         """
@@ -268,6 +272,12 @@ MIGRATIONS: Sequence[tuple[int, str]] = (
         CREATE INDEX decisions_ref ON decisions (kind, reference);
         """,
     ),
+    (
+        8,
+        # the order states in SQL too (the orders table of migration 2 had no CHECK)
+        lambda engine: engine.add_check("orders", "state",
+                                        ("created", "pending", "loaded", "reversed")),
+    ),
 )
 
 #: The version this code writes.
@@ -301,11 +311,13 @@ def _locked_version(cur: Cursor) -> int:
     return current_version(cur)
 
 
-def _apply(cur: Cursor, version: int, script: str) -> bool:
+def _apply(cur: Cursor, version: int, script: Script) -> bool:
     _lock(cur)
     if current_version(cur) >= version:
         return False  # another daemon got there first
-    for statement in _statements(cur.engine.schema(script)):
+    statements = script(cur.engine) if callable(script) else _statements(
+        cur.engine.schema(script))
+    for statement in statements:
         cur.execute(statement)
     cur.execute("DELETE FROM schema_version")
     cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
@@ -314,7 +326,7 @@ def _apply(cur: Cursor, version: int, script: str) -> bool:
 
 def migrate(
     dsn: DSN,
-    migrations: Sequence[tuple[int, str]] = MIGRATIONS,
+    migrations: Sequence[tuple[int, Script]] = MIGRATIONS,
     conn: DBConnection | None = None,
 ) -> int:
     """
