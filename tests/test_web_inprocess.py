@@ -202,3 +202,23 @@ def test_consignment_api_answers_busy_when_the_store_hangs() -> None:
     site.clock.advance(TIMEOUT + 0.1)  # the store never answers: only the timeout can
     _, body = site.answer(d)
     assert body["code"] == -1 and "busy" in body["msg"]
+
+
+def test_each_order_api_request_dataclass_names_exactly_its_endpoints_fields() -> None:
+    from dataclasses import fields
+
+    from lnt.web.orderapi import (
+        ACCT_QUERY,
+        APPL_LOGIN,
+        CREATE_ORDER,
+        AcctQueryRequest,
+        ApplLoginRequest,
+        CreateOrderRequest,
+        _snake,
+    )
+
+    for spec, cls in ((APPL_LOGIN, ApplLoginRequest), (ACCT_QUERY, AcctQueryRequest),
+                      (CREATE_ORDER, CreateOrderRequest)):
+        assert {_snake(f.name) for f in spec} == {f.name for f in fields(cls)}, cls.__name__
+        optional = {_snake(f.name) for f in spec if not f.required}
+        assert optional == {f.name for f in fields(cls) if f.default is None}, cls.__name__

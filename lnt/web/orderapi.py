@@ -18,10 +18,10 @@ import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from Crypto.Cipher import AES
 from twisted.internet.defer import Deferred
@@ -141,8 +141,84 @@ class Call:
     #: the encrypted data as sent (C{Sign} covers it)
     data: str
 
-    def __getitem__(self, name: str) -> Any:
-        return self.fields.get(name)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z])([A-Z])", r"_\1", name).lower()
+
+
+def typed(cls: type[R], call: Call) -> R:
+    """The call's checked fields as the endpoint's request dataclass (names in snake case)."""
+    values = {_snake(k): v for k, v in call.fields.items()}
+    return cls(**{f.name: values.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class ApplLoginRequest:
+    """/APPLLogin (source document 3.2.2), as L{APPL_LOGIN} checked it."""
+
+    version: str
+    platform_raw: int
+    platform: int
+    userinfo: str | dict[str, Any]
+    type: int
+    biz_serial_no: str
+    money: int
+    package_name: str
+    package_version_name: str
+    package_version_code: str
+    mobile_imei: str
+    mobile_vendor: str
+    mobile_model: str
+    ip: str
+    mobile_number: str | None = None
+    lat_lng: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class AcctQueryRequest:
+    """/AcctQueryLNT (3.2.3), as L{ACCT_QUERY} checked it."""
+
+    version: str
+    platform_raw: int
+    platform: int
+    userinfo: str | dict[str, Any]
+    serial: str
+    step: int
+    reqinfo: list[Any]
+    qrycondition: str
+    pki: str | None = None
+    starttime: str | None = None
+    endtime: str | None = None
+    orderstep: str | None = None
+    orderid: str | None = None
+    payway: str | None = None
+
+
+@dataclass(frozen=True)
+class CreateOrderRequest:
+    """/CreateAutoLoadOrder (3.2.4), as L{CREATE_ORDER} checked it."""
+
+    version: str
+    platform_raw: int
+    crt_version: int
+    biz_serial_no: str
+    sign: str
+    platform: int
+    userinfo: str | dict[str, Any]
+    chargeamt: int
+    chargetype: int
+    transtype: int
+    serial: str
+    step: int
+    reqinfo: list[Any]
+    pki: str | None = None
 
 
 def check_fields(spec: tuple[Field, ...], clear: dict[str, Any], secret: dict[str, Any]
@@ -266,34 +342,33 @@ class OrderAPI:
         data = clear.get("data", "")
         return Call(timestamp, fields, data if isinstance(data, str) else "")
 
-    async def check_platform(self, call: Call) -> None:
-        platform = await self._backend(self.ledger.platform(call["platform"]))
+    async def check_platform(self, platform_no: int) -> None:
+        platform = await self._backend(self.ledger.platform(platform_no))
         if platform is None or not platform.active:
-            raise APIError(f"unknown platform {call['platform']}")
+            raise APIError(f"unknown platform {platform_no}")
 
-    async def live_session(self, call: Call) -> Session:
-        serial = call["serial"]
+    async def live_session(self, serial: str, pki: str | None,
+                           userinfo: str | dict[str, Any]) -> Session:
         if not re.fullmatch(r"\d{16}", serial):
             raise APIError("serial must be the 16-digit handshake serial of a sign-in")
         session: Session | None = await self._backend(
             self.ledger.session_by_serial(serial, self.now_ms()))
         if session is None:
             raise APIError(f"serial {serial} is no live sign-in session: sign in (DD01) again")
-        pki = call["pki"]
         if pki is not None and pki != f"{session.pki_no:08d}" and pki != str(session.pki_no):
             raise APIError(f"pki {pki} is not the PKI card of serial {serial}")
-        userid = user_id_of(call["userinfo"])
+        userid = user_id_of(userinfo)
         if userid.encode() != session.user_id:
             raise APIError(f"userid {userid} is not the terminal of serial {serial}")
         return session
 
     @staticmethod
-    def card_of(call: Call) -> CardIdentity:
-        if call["step"] != 0:
-            raise APIError(f"card reading stopped at step {call['step']}: run toreader to the "
+    def card_of(step: int, reqinfo: list[Any]) -> CardIdentity:
+        if step != 0:
+            raise APIError(f"card reading stopped at step {step}: run toreader to the "
                            "end (step 0)")
         try:
-            answers = [cardscript.Answer.decode(entry) for entry in call["reqinfo"]]
+            answers = [cardscript.Answer.decode(entry) for entry in reqinfo]
             return cardscript.identify(answers)
         except ScriptError as e:
             raise APIError(f"reqinfo: {e}") from None
@@ -301,28 +376,29 @@ class OrderAPI:
     # -- endpoints --------------------------------------------------------------------------
 
     async def appl_login(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
-        await self.check_platform(call)
-        if call["type"] != 5:
-            raise APIError(f"type {call['type']} is not supported: 5 (create a third-party "
+        req = typed(ApplLoginRequest, call)
+        await self.check_platform(req.platform)
+        if req.type != 5:
+            raise APIError(f"type {req.type} is not supported: 5 (create a third-party "
                            "recharge order)")
-        biz = call["biz_serial_no"]
+        biz = req.biz_serial_no
         if not BIZ_SERIAL.match(biz):
             raise APIError("biz_serial_no must be 1-64 letters, digits, '_' or '-'")
-        money = call["money"]
+        money = req.money
         if not 0 < money <= MAX_MONEY:
             raise APIError(f"money must be 1..{MAX_MONEY} fen")
-        userid = user_id_of(call["userinfo"])
+        userid = user_id_of(req.userinfo)
         card = await self._backend(self.pki.card_for_user(userid.encode()))
         if card is None:
             raise APIError(f"no terminal is registered for userid {userid}")
         session = await self._backend(self.ledger.session(card.pki_no, self.now_ms()))
         if session is None:
             raise APIError(f"terminal {userid} is not signed in: sign in (DD01) first")
-        fingerprint = hashlib.sha256(json.dumps([userid, money, call["type"]]).encode()).hexdigest()
+        fingerprint = hashlib.sha256(json.dumps([userid, money, req.type]).encode()).hexdigest()
         payment, created = await self._backend(self.ledger.register_payment(
-            call["platform"], biz, money, userid, card.pki_no, fingerprint, self.now_ms()))
+            req.platform, biz, money, userid, card.pki_no, fingerprint, self.now_ms()))
         log.info("order API: payment {platform}/{biz} of {money} fen {what}",
-                 platform=call["platform"], biz=biz, money=payment.money,
+                 platform=req.platform, biz=biz, money=payment.money,
                  what="registered" if created else "repeated")
         return {}, {
             "pki": f"{card.pki_no:08d}",
@@ -332,36 +408,37 @@ class OrderAPI:
         }
 
     async def acct_query(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
-        await self.check_platform(call)
-        session = await self.live_session(call)
-        card = self.card_of(call)
-        conditions = {c.strip() for c in call["qrycondition"].split(",") if c.strip()}
+        req = typed(AcctQueryRequest, call)
+        await self.check_platform(req.platform)
+        session = await self.live_session(req.serial, req.pki, req.userinfo)
+        card = self.card_of(req.step, req.reqinfo)
+        conditions = {c.strip() for c in req.qrycondition.split(",") if c.strip()}
         unknown = conditions - QUERY_CONDITIONS
         if unknown:
             raise APIError(f"qrycondition {sorted(unknown)[0]!r} is unknown (one of "
                            f"{', '.join(sorted(QUERY_CONDITIONS))})")
         since = until = None
         if "time" in conditions:
-            if not call["starttime"] or not call["endtime"]:
+            if not req.starttime or not req.endtime:
                 raise APIError("qrycondition time needs starttime and endtime")
-            start = _yyyymmdd(call["starttime"], "starttime")
-            end = _yyyymmdd(call["endtime"], "endtime") + timedelta(days=1)
+            start = _yyyymmdd(req.starttime, "starttime")
+            end = _yyyymmdd(req.endtime, "endtime") + timedelta(days=1)
             if end <= start:
                 raise APIError("endtime is before starttime")
             since, until = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
         states: list[OrderState] | None = None
-        if "orderstep" in conditions and call["orderstep"] not in (None, "00"):
-            wanted = call["orderstep"]
+        if "orderstep" in conditions and req.orderstep not in (None, "00"):
+            wanted = req.orderstep
             if wanted not in ("01", "02", "03", "04", "05", "06"):
                 raise APIError(f"orderstep {wanted!r} is unknown (00-06)")
             states = [s for s, code in ORDER_STEPS.items() if code == wanted] or []
         order_no = None
         if "orderid" in conditions:
-            if not call["orderid"]:
+            if not req.orderid:
                 raise APIError("qrycondition orderid needs orderid")
-            order_no = call["orderid"]
+            order_no = req.orderid
         orders: list[Order] = []
-        if states != [] and ("payway" not in conditions or call["payway"] == PAYWAY_THIRD_PARTY):
+        if states != [] and ("payway" not in conditions or req.payway == PAYWAY_THIRD_PARTY):
             orders = await self._backend(self.ledger.orders_for_card(
                 card.logical_no, since, until, states, order_no))
         log.info("order API: account query of card {card} by PKI {pki}: {n} records",
@@ -370,44 +447,45 @@ class OrderAPI:
                 {"pki": f"{session.pki_no:08d}", "acctresult": [acct_record(o) for o in orders]})
 
     async def create_order(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
-        await self.check_platform(call)
-        session = await self.live_session(call)
+        req = typed(CreateOrderRequest, call)
+        await self.check_platform(req.platform)
+        session = await self.live_session(req.serial, req.pki, req.userinfo)
         card_key = await self._backend(self.pki.lookup(session.pki_no))
         if card_key is None or not card_key.active:
             raise APIError(f"PKI card {session.pki_no} is not active")
-        if call["crt_version"] != card_key.key_version:
-            raise APIError(f"crt_version {call['crt_version']} is not the key version of PKI "
+        if req.crt_version != card_key.key_version:
+            raise APIError(f"crt_version {req.crt_version} is not the key version of PKI "
                            f"card {session.pki_no}")
         try:
-            signature = bytes.fromhex(call["Sign"])
+            signature = bytes.fromhex(req.sign)
         except ValueError:
             raise APIError("Sign is not hex") from None
-        signed = (f"{call.timestamp}{call['version']}{call['platformRaw']}"
-                  f"{call['crt_version']}{call.data}")
+        signed = (f"{call.timestamp}{req.version}{req.platform_raw}"
+                  f"{req.crt_version}{call.data}")
         if not verify(card_key.public_key, signed.encode(), signature):
             raise APIError("Sign does not verify with the terminal's public key")
-        if call["chargetype"] != 0:
-            raise APIError(f"chargetype {call['chargetype']} is not supported: 0 (merchant load)")
-        if call["transtype"] != 1:
-            raise APIError(f"transtype {call['transtype']} is not supported: 1 (recharge)")
-        amount = call["chargeamt"]
+        if req.chargetype != 0:
+            raise APIError(f"chargetype {req.chargetype} is not supported: 0 (merchant load)")
+        if req.transtype != 1:
+            raise APIError(f"transtype {req.transtype} is not supported: 1 (recharge)")
+        amount = req.chargeamt
         if not 0 < amount <= MAX_MONEY:
             raise APIError(f"chargeamt must be 1..{MAX_MONEY} fen")
-        biz = call["biz_serial_no"]
+        biz = req.biz_serial_no
         if not BIZ_SERIAL.match(biz):
             raise APIError("biz_serial_no must be 1-64 letters, digits, '_' or '-'")
         try:
-            card = self.card_of(call)
+            card = self.card_of(req.step, req.reqinfo)
             # every check of the card (issued, open, the same card, its limit) is made here,
             # in the order's transaction, before the order exists
             order, created = await self._backend(self.ledger.create_order(
-                call["platform"], biz, session.pki_no, card, amount, self.now_ms()))
+                req.platform, biz, session.pki_no, card, amount, self.now_ms()))
         except (APIError, CardRefused) as e:
             # the payment stays visibly attached to the refusal, never silently parked
             if await self._backend(self.ledger.note_payment_refusal(
-                    call["platform"], biz, session.pki_no, str(e), self.now_ms())):
+                    req.platform, biz, session.pki_no, str(e), self.now_ms())):
                 log.info("order API: payment {platform}/{biz} has no order: {why}",
-                         platform=call["platform"], biz=biz, why=str(e))
+                         platform=req.platform, biz=biz, why=str(e))
                 raise APIError(f"{e}; the payment under biz_serial_no {biz} stays unused "
                                "until an order is made for it or it is refunded") from None
             raise APIError(str(e)) from None
