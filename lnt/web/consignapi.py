@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -52,6 +53,99 @@ class Refused(Exception):
     """Answered C{code: -1} with this message."""
 
 
+def _order_id(params: dict[str, str]) -> str:
+    order_id = params["orderId"]
+    if not ORDER_ID.match(order_id):
+        raise Refused("orderId must be 1-50 letters, digits, '_' or '-'")
+    return order_id
+
+
+def _amount(params: dict[str, str], name: str = "amount") -> int:
+    try:
+        amount = int(params[name])
+    except (KeyError, ValueError):
+        raise Refused(f"{name} must be a whole number of fen") from None
+    if amount <= 0:
+        raise Refused(f"{name} must be positive")
+    return amount
+
+
+def _notify(params: dict[str, str]) -> tuple[str, str]:
+    """(notify_url, custom), checked."""
+    notify_url = params.get("notify_url", "")
+    if notify_url and not http_url(notify_url):
+        raise Refused("notify_url must be an http:// or https:// URL")
+    custom = params.get("custom", "")
+    if len(custom) > 255:
+        raise Refused("custom is longer than 255")
+    return notify_url, custom
+
+
+@dataclass(frozen=True)
+class ToCardRequest:
+    """/v2_tocard: a card consigned for redemption (its number and password still sealed)."""
+
+    REQUIRED: ClassVar = ("orderId", "batchno", "productCode", "cardNumber", "cardPassword",
+                          "amount")
+    order_id: str
+    batchno: str
+    product_code: str
+    card_number: str
+    card_password: str
+    amount: int
+    notify_url: str
+    custom: str
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> ToCardRequest:
+        batchno = params["batchno"]
+        if len(batchno) > 50:
+            raise Refused("batchno is longer than 50")
+        return cls(_order_id(params), batchno, params["productCode"], params["cardNumber"],
+                   params["cardPassword"], _amount(params), *_notify(params))
+
+
+@dataclass(frozen=True)
+class QueryBuyRequest:
+    """/v2_queryBuy: a top-up of a card, paid from the merchant's balance."""
+
+    REQUIRED: ClassVar = ("orderId", "amount", "account")
+    order_id: str
+    amount: int
+    account: str
+    notify_url: str
+    custom: str
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> QueryBuyRequest:
+        order_id, amount = _order_id(params), _amount(params)
+        if params.get("decimal") and params["decimal"] != params["amount"]:
+            raise Refused(f"decimal {params['decimal']} does not match amount {amount}")
+        product = params.get("productCode") or TOPUP_PRODUCT
+        if product != TOPUP_PRODUCT:
+            raise Refused(f"productCode {product} is not a top-up product ({TOPUP_PRODUCT})")
+        account = params["account"]
+        if not LOGICAL_NO.match(account):
+            raise Refused("account must be the card's 16-digit logical number")
+        if params.get("quantity", "1") != "1":
+            raise Refused("quantity must be 1")
+        if amount > CPU_BALANCE_LIMIT:
+            raise Refused(f"amount must be at most {CPU_BALANCE_LIMIT} fen")
+        return cls(order_id, amount, account, *_notify(params))
+
+
+@dataclass(frozen=True)
+class OrderQuery:
+    """/v2_blindSearch and /v2_queryBizOrder: one of the merchant's orders by its orderId."""
+
+    REQUIRED: ClassVar = ("orderId",)
+    order_id: str
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> OrderQuery:
+        return cls(params["orderId"])
+
+
 class ConsignmentAPI:
     def __init__(self, store: IConsignments, ledger: ILedger, processor: Processor,
                  clock: IReactorTime, timeout: float, window: float) -> None:
@@ -85,58 +179,26 @@ class ConsignmentAPI:
             raise Refused("sign does not match")
         return merchant
 
-    @staticmethod
-    def order_id_of(params: dict[str, str]) -> str:
-        order_id = params["orderId"]
-        if not ORDER_ID.match(order_id):
-            raise Refused("orderId must be 1-50 letters, digits, '_' or '-'")
-        return order_id
-
-    @staticmethod
-    def notify_of(params: dict[str, str]) -> tuple[str, str]:
-        """(notify_url, custom), checked."""
-        notify_url = params.get("notify_url", "")
-        if notify_url and not http_url(notify_url):
-            raise Refused("notify_url must be an http:// or https:// URL")
-        custom = params.get("custom", "")
-        if len(custom) > 255:
-            raise Refused("custom is longer than 255")
-        return notify_url, custom
-
-    @staticmethod
-    def amount_of(params: dict[str, str], name: str = "amount") -> int:
-        try:
-            amount = int(params[name])
-        except (KeyError, ValueError):
-            raise Refused(f"{name} must be a whole number of fen") from None
-        if amount <= 0:
-            raise Refused(f"{name} must be positive")
-        return amount
-
     # -- endpoints ------------------------------------------------------------------------
 
     async def tocard(self, params: dict[str, str]) -> dict[str, Any]:
-        merchant = await self.merchant_of(params, ("orderId", "batchno", "productCode",
-                                                   "cardNumber", "cardPassword", "amount"))
-        order_id, batchno = self.order_id_of(params), params["batchno"]
-        if len(batchno) > 50:
-            raise Refused("batchno is longer than 50")
-        product = params["productCode"]
+        merchant = await self.merchant_of(params, ToCardRequest.REQUIRED)
+        req = ToCardRequest.parse(params)
+        order_id, product = req.order_id, req.product_code
         if product not in merchant.rates:
             raise Refused(f"productCode {product} is not open to this merchant")
-        amount = self.amount_of(params)
-        notify_url, custom = self.notify_of(params)
         try:
-            number = decrypt_field(params["cardNumber"], merchant.aes_key, "cardNumber")
-            password = decrypt_field(params["cardPassword"], merchant.aes_key, "cardPassword")
+            number = decrypt_field(req.card_number, merchant.aes_key, "cardNumber")
+            password = decrypt_field(req.card_password, merchant.aes_key, "cardPassword")
         except ConsignError as e:
             raise Refused(str(e)) from None
         if not re.fullmatch(r"[0-9A-Za-z]{6,32}", number) or not password or len(password) > 64:
             raise Refused("cardNumber or cardPassword is not a card's")
         try:
             order, created = await self._b(self.store.submit(
-                merchant.customer_id, order_id, batchno, product, amount, notify_url, custom,
-                number, password, mask_card(number), int(self.clock.seconds() * 1000)))
+                merchant.customer_id, order_id, req.batchno, product, req.amount,
+                req.notify_url, req.custom, number, password, mask_card(number),
+                int(self.clock.seconds() * 1000)))
         except BatchFull as e:
             raise Refused(str(e)) from None
         if order.state is ConsignmentState.PROCESSING:
@@ -149,11 +211,12 @@ class ConsignmentAPI:
                 "data": {"systemOrderId": order.system_order_id, "orderId": order.order_id}}
 
     async def blind_search(self, params: dict[str, str]) -> dict[str, Any]:
-        merchant = await self.merchant_of(params, ("orderId",))
-        order = await self._b(self.store.consignment(merchant.customer_id, params["orderId"]))
+        merchant = await self.merchant_of(params, OrderQuery.REQUIRED)
+        req = OrderQuery.parse(params)
+        order = await self._b(self.store.consignment(merchant.customer_id, req.order_id))
         if order is None:
             data: dict[str, Any] = {"customerId": merchant.customer_id, "systemOrderId": "",
-                                    "orderId": params["orderId"], "status": "4",
+                                    "orderId": req.order_id, "status": "4",
                                     "message": "no such order"}
         else:
             data = {"customerId": order.customer_id, "systemOrderId": order.system_order_id,
@@ -170,26 +233,13 @@ class ConsignmentAPI:
         return {"msg": "ok", "data": {"customerId": merchant.customer_id, "balance": balance}}
 
     async def query_buy(self, params: dict[str, str]) -> dict[str, Any]:
-        merchant = await self.merchant_of(params, ("orderId", "amount", "account"))
-        order_id = self.order_id_of(params)
-        amount = self.amount_of(params)
-        if params.get("decimal") and params["decimal"] != params["amount"]:
-            raise Refused(f"decimal {params['decimal']} does not match amount {amount}")
-        product = params.get("productCode") or TOPUP_PRODUCT
-        if product != TOPUP_PRODUCT:
-            raise Refused(f"productCode {product} is not a top-up product ({TOPUP_PRODUCT})")
-        account = params["account"]
-        if not LOGICAL_NO.match(account):
-            raise Refused("account must be the card's 16-digit logical number")
-        if params.get("quantity", "1") != "1":
-            raise Refused("quantity must be 1")
-        if amount > CPU_BALANCE_LIMIT:
-            raise Refused(f"amount must be at most {CPU_BALANCE_LIMIT} fen")
-        notify_url, custom = self.notify_of(params)
+        merchant = await self.merchant_of(params, QueryBuyRequest.REQUIRED)
+        req = QueryBuyRequest.parse(params)
+        order_id, amount, account = req.order_id, req.amount, req.account
         try:
             order, created = await self._b(self.store.topup(
                 merchant.customer_id, order_id, amount, account, int(self.clock.seconds() * 1000),
-                notify_url, custom))
+                req.notify_url, req.custom))
         except (InsufficientBalance, Conflict, CardRefused) as e:
             raise Refused(str(e)) from None
         log.info("consignment API: merchant {merchant} top-up {order_id} -> order {order} {what}",
@@ -200,16 +250,17 @@ class ConsignmentAPI:
                          "account": account, "amount": amount}}
 
     async def query_biz_order(self, params: dict[str, str]) -> dict[str, Any]:
-        merchant = await self.merchant_of(params, ("orderId",))
-        order = await self._b(self.store.topup_order(merchant.customer_id, params["orderId"]))
+        merchant = await self.merchant_of(params, OrderQuery.REQUIRED)
+        req = OrderQuery.parse(params)
+        order = await self._b(self.store.topup_order(merchant.customer_id, req.order_id))
         if order is None:
-            return {"msg": "ok", "data": {"orderId": params["orderId"], "status": "4",
+            return {"msg": "ok", "data": {"orderId": req.order_id, "status": "4",
                                           "message": "no such order"}}
         load = await self._b(self.ledger.load(order.order_no))
         status = {OrderState.CREATED: "1", OrderState.PENDING: "1", OrderState.LOADED: "2",
                   OrderState.REVERSED: "3"}[order.state]
         return {"msg": "ok", "data": {
-            "orderId": params["orderId"], "systemOrderId": order.order_no,
+            "orderId": req.order_id, "systemOrderId": order.order_no,
             "account": order.logical_no, "amount": order.amount, "status": status,
             "loaded": order.state is OrderState.LOADED,
             "balanceAfter": None if load is None else load.new_balance,
