@@ -14,8 +14,10 @@ the database, never the outside world.
 
 from __future__ import annotations
 
+import queue
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,7 +27,9 @@ from urllib.parse import urlsplit
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
 
@@ -305,6 +309,153 @@ def run_transaction(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+@dataclass
+class _Queued:
+    desc: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    done: Deferred[Any]
+
+
+_STOP = object()
+
+
+class GroupCommitWriter:
+    """
+    SQLite's group commit. One writer thread takes the interactions queued since its last
+    commit (up to L{MAX_BATCH}, in arrival order) and runs them as one transaction:
+    C{BEGIN IMMEDIATE}, each interaction under its own C{SAVEPOINT} (one that raises is rolled
+    back alone and fails alone), then one C{COMMIT}, so one fsync for the whole batch. Only
+    after that commit is any caller's Deferred fired: nothing is acknowledged before it is
+    durable, exactly as with a commit per interaction. A batch whose C{COMMIT} fails fails every
+    interaction in it. Interactions see the batch's earlier ones as if those had committed
+    first: the order is the order they were queued, as with one connection.
+    """
+
+    #: interactions committed together at most
+    MAX_BATCH = 128
+
+    def __init__(self, dsn: DSN) -> None:
+        self.dsn = dsn
+        self.engine = dsn.engine
+        self._queue: queue.SimpleQueue[_Queued | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: DBConnection | None = None
+        #: commits and interactions so far (how much grouping happened)
+        self.commits = 0
+        self.interactions = 0
+
+    def runInteraction(
+        self,
+        desc: str,
+        func: Callable[Concatenate[Cursor, P], R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Deferred[R]:
+        d: Deferred[R] = Deferred()
+        if self._thread is None:
+            d.errback(RuntimeError("the ledger is not started (or closed)"))
+            return d
+        self._queue.put(_Queued(desc, func, args, kwargs, d))
+        return d
+
+    def start(self) -> None:
+        """Open the connection in the writer thread (SQLite connections belong to one thread);
+        a failure to open it is raised here."""
+        from twisted.internet import reactor
+
+        self._reactor: IReactorFromThreads = reactor  # type: ignore[assignment]
+        ready = threading.Event()
+        opened: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._conn = self.engine.connect(self.dsn.target)
+            except BaseException as e:
+                opened.append(e)
+                ready.set()
+                return
+            ready.set()
+            try:
+                self._run()
+            finally:
+                self._conn.close()
+
+        self._thread = threading.Thread(target=run, name="lnt-ledger-writer", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if opened:
+            self._thread = None
+            raise opened[0]
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the writer and close the connection."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(_STOP)
+        thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit([b for b in batch if isinstance(b, _Queued)])
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Queued]) -> None:
+        assert self._conn is not None
+        conn, engine = self._conn, self.engine
+        outcomes: list[tuple[bool, Any]] = []
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            outcomes = []
+            raw = conn.cursor()
+            try:
+                engine.begin(raw)
+                for item in batch:
+                    raw.execute("SAVEPOINT lnt_interaction")
+                    try:
+                        result = item.func(Cursor(engine, raw), *item.args, **item.kwargs)
+                    except Exception:
+                        outcomes.append((False, Failure()))
+                        raw.execute("ROLLBACK TO SAVEPOINT lnt_interaction")
+                    else:
+                        outcomes.append((True, result))
+                    raw.execute("RELEASE SAVEPOINT lnt_interaction")
+                conn.commit()
+            except Exception as e:
+                conn.rollback()
+                if engine.is_transient(e) and attempt < MAX_ATTEMPTS:
+                    log.debug("group commit lost a race ({attempt}), retrying", attempt=attempt)
+                    time.sleep(0.01 * attempt * attempt)
+                    continue
+                failure = Failure()
+                outcomes = [(False, failure)] * len(batch)
+            finally:
+                raw.close()
+            break
+        self.commits += 1
+        self.interactions += len(batch)
+        # told only now, with the batch durable
+        for item, (ok, value) in zip(batch, outcomes, strict=True):
+            fire = item.done.callback if ok else item.done.errback
+            self._reactor.callFromThread(fire, value)
+
+
 class Transactor(Protocol):
     """What the ledger needs of a database: L{Database} in the daemon, L{SyncDatabase} in tools."""
 
@@ -324,12 +475,21 @@ class Transactor(Protocol):
 
 
 class Database:
-    """The ledger's connection pool: every transaction runs in a pool thread."""
+    """
+    The daemon's database: transactions run off the reactor thread. SQLite: one writer thread
+    with group commit (L{GroupCommitWriter}); PostgreSQL: a pool of connections, whose server
+    groups commits itself.
+    """
 
     def __init__(self, dsn: DSN) -> None:
         self.dsn = dsn
         self.engine = dsn.engine
-        self._pool = dsn.pool()
+        self._writer: GroupCommitWriter | None = None
+        self._pool: adbapi.ConnectionPool | None = None
+        if dsn.engine is SQLITE:
+            self._writer = GroupCommitWriter(dsn)
+        else:
+            self._pool = dsn.pool()
 
     def runInteraction(
         self,
@@ -338,16 +498,26 @@ class Database:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> Deferred[R]:
+        if self._writer is not None:
+            return self._writer.runInteraction(desc, func, *args, **kwargs)
+        assert self._pool is not None
         d: Deferred[R] = self._pool.runWithConnection(
             lambda conn: run_transaction(self.engine, conn, desc, func, *args, **kwargs)
         )
         return d
 
     def start(self) -> None:
-        self._pool.start()
+        if self._writer is not None:
+            self._writer.start()
+        else:
+            assert self._pool is not None
+            self._pool.start()
 
     def close(self) -> None:
-        self._pool.close()
+        if self._writer is not None:
+            self._writer.close()
+        elif self._pool is not None:
+            self._pool.close()
 
 
 class SyncDatabase:
