@@ -13,11 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from Crypto.PublicKey import ECC
 from Crypto.Random import get_random_bytes
 
 from lnt.crypto import pboc
-from lnt.crypto.ec import CURVE, public_raw, sign
+from lnt.crypto.ec import PrivateKey, generate, private_from_pem, private_pem, public_raw, sign
 from lnt.crypto.sealing import Sealer
 from lnt.jsonfile import write_json_atomically
 
@@ -53,7 +52,7 @@ def read_key_file(path: Path, fmt: str) -> dict[str, str]:
 class PlatformKeys:
     """The platform's EC key pair and its 32-byte storage key."""
 
-    signing_key: ECC.EccKey
+    signing_key: PrivateKey
     storage_key: bytes
 
     @property
@@ -71,7 +70,7 @@ class PlatformKeys:
         content = read_key_file(path, PLATFORM_KEY_FORMAT)
         try:
             return cls(
-                ECC.import_key(content["private_key"]), bytes.fromhex(content["storage_key"])
+                private_from_pem(content["private_key"]), bytes.fromhex(content["storage_key"])
             )
         except (KeyError, ValueError):
             raise KeyFileError(f"key file {path} is damaged") from None
@@ -81,12 +80,12 @@ class PlatformKeys:
         """The keys in C{path}, creating the file first if it does not exist."""
         if path.exists():
             return cls.load(path), False
-        keys = cls(ECC.generate(curve=CURVE), get_random_bytes(32))
+        keys = cls(generate(), get_random_bytes(32))
         write_key_file(
             path,
             {
                 "format": PLATFORM_KEY_FORMAT,
-                "private_key": keys.signing_key.export_key(format="PEM"),
+                "private_key": private_pem(keys.signing_key),
                 "storage_key": keys.storage_key.hex(),
             },
         )
@@ -102,7 +101,7 @@ class CardKeyFile:
     """
 
     pki_no: int
-    key: ECC.EccKey
+    key: PrivateKey
     key_version: int
     user_id: bytes
     platform_public_key: bytes
@@ -120,7 +119,7 @@ class CardKeyFile:
                 "key_version": self.key_version,
                 "user_id": self.user_id.hex(),
                 "platform_public_key": self.platform_public_key.hex(),
-                "private_key": self.key.export_key(format="PEM"),
+                "private_key": private_pem(self.key),
             },
         )
 
@@ -130,7 +129,7 @@ class CardKeyFile:
         try:
             return cls(
                 int(content["pki_no"]),
-                ECC.import_key(content["private_key"]),
+                private_from_pem(content["private_key"]),
                 int(content["key_version"]),
                 bytes.fromhex(content["user_id"]),
                 bytes.fromhex(content["platform_public_key"]),
@@ -142,7 +141,7 @@ class CardKeyFile:
     def generate(
         cls, pki_no: int, key_version: int, user_id: bytes, platform_public_key: bytes
     ) -> CardKeyFile:
-        return cls(pki_no, ECC.generate(curve=CURVE), key_version, user_id, platform_public_key)
+        return cls(pki_no, generate(), key_version, user_id, platform_public_key)
 
 
 CORE_KEY_FORMAT = "lnt-core-keys/1"

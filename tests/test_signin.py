@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from lnt.crypto.ec import public_raw, sign
+from lnt.crypto.ec import generate, public_raw, sign
 from lnt.domain.records import PKICard, Session
 from lnt.flows.base import FlowProtocol
 from lnt.flows.context import FlowContext, FlowSettings
@@ -175,9 +175,8 @@ def test_replayed_dd07_is_refused(platform: Platform) -> None:
 
 
 def test_man_in_the_middle_swapping_the_platform_key_fails(platform: Platform) -> None:
-    from Crypto.PublicKey import ECC
 
-    mallory = public_raw(ECC.generate(curve="P-256"))
+    mallory = public_raw(generate())
 
     conn = Conn(platform.factory)
     reader = Reader(platform.card())

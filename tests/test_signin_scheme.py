@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -141,3 +142,18 @@ def test_dd07_login2_answer() -> None:
     assert len(encoded) == 184
     assert Login2Answer.decode(encoded).signature == sig3
     assert Login2Answer.decode(encoded).counter == COUNTER
+
+
+def test_key_files_of_the_release_before_still_load() -> None:
+    """Keys were pycryptodome's PEM before the switch to OpenSSL: the same key, still usable."""
+    from Crypto.PublicKey import ECC
+
+    from lnt.crypto.ec import private_from_pem, public_raw, sign, verify
+
+    old = ECC.generate(curve="P-256")
+    key = private_from_pem(old.export_key(format="PEM"))
+    raw = bytes(old.public_key().export_key(format="raw"))[1:]
+    assert public_raw(key) == raw
+    assert verify(raw, b"data", sign(key, b"data"))
+    with pytest.raises(ValueError):
+        private_from_pem(ECC.generate(curve="P-384").export_key(format="PEM"))

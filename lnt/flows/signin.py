@@ -17,9 +17,7 @@ from __future__ import annotations
 import hmac
 from typing import NoReturn
 
-from Crypto.PublicKey import ECC
-
-from lnt.crypto.ec import CURVE, verify
+from lnt.crypto.ec import generate, verify
 from lnt.flows.base import FlowError, FlowProtocol
 from lnt.messages.login import (
     LABEL_2,
@@ -92,7 +90,7 @@ class SignInFlow(FlowProtocol):
 
         # DD06 / DD07: the platform proves itself; the card confirms the session key.
         serial_bcd = encode_bcd(serial, 8)
-        ours = ECC.generate(curve=CURVE)
+        ours = generate()
         t = transcript(
             card.pki_no, user_id, card.key_version, a1.card_random, a1.ephemeral, serial_bcd,
             ephemeral_public(ours),

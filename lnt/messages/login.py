@@ -35,9 +35,8 @@ from hashlib import sha256
 
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
-from Crypto.PublicKey import ECC
 
-from lnt.crypto.ec import public_from_raw, public_raw
+from lnt.crypto.ec import PrivateKey, ecdh, public_raw
 
 #: the reader's status words for what goes wrong inside it
 
@@ -212,13 +211,12 @@ def login3_signed(t: bytes, block: bytes, counter: int) -> bytes:
     return LABEL_3 + t + block + struct.pack(">Q", counter)
 
 
-def shared_secret(private: ECC.EccKey, peer_public: bytes) -> bytes:
+def shared_secret(private: PrivateKey, peer_public: bytes) -> bytes:
     """The ECDH shared secret: the x coordinate of private * peer, 32 bytes."""
     try:
-        point = public_from_raw(peer_public).pointQ
+        return ecdh(private, peer_public)
     except ValueError:
         raise SchemeError("ephemeral public key is not a point on P-256") from None
-    return int((point * private.d).x).to_bytes(32, "big")
 
 
 @dataclass(frozen=True)
@@ -242,6 +240,6 @@ def derive_keys(z: bytes, rc: bytes, serial: bytes, t: bytes) -> SessionKeys:
     return SessionKeys(okm[:SESSION_KEY_SIZE], okm[SESSION_KEY_SIZE:])
 
 
-def ephemeral_public(key: ECC.EccKey) -> bytes:
+def ephemeral_public(key: PrivateKey) -> bytes:
     return public_raw(key)
 

@@ -20,10 +20,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from Crypto.PublicKey import ECC
 from Crypto.Random import get_random_bytes
 
-from lnt.crypto.ec import CURVE, sign, verify
+from lnt.crypto.ec import PrivateKey, generate, sign, verify
 from lnt.crypto.securemsg import SMError, SMKeys, refusal
 from lnt.domain.records import CHINA
 from lnt.jsonfile import write_json_atomically
@@ -126,7 +125,7 @@ class Reader:
         self.session: ReaderSession | None = None
         #: the session of a sign-in whose DD08 has not come yet
         self.pending: ReaderSession | None = None
-        self._login1: tuple[bytes, ECC.EccKey] | None = None
+        self._login1: tuple[bytes, PrivateKey] | None = None
         self._load()
 
     # -- state ----------------------------------------------------------------------------
@@ -194,7 +193,7 @@ class Reader:
         if len(apdu) != 5:
             return failed_answer(SIZE_DD05, SW_WRONG_LENGTH)
         rc = get_random_bytes(8)
-        eph = ECC.generate(curve=CURVE)
+        eph = generate()
         ec = ephemeral_public(eph)
         self._login1 = (rc, eph)
         card = self.card
