@@ -17,6 +17,9 @@ C{lnt-terminal}: the terminal simulator's command line.
                 settle an interrupted load: DD11 again for the same order
     card open|close [--card LOGICAL_NO]
                 change the card's deposit flag online (DD73/DD74)
+    bench --sessions N --concurrency C [--flow recharge|signin|mixed] [--duration S]
+          [--provision DAEMON-DATA-DIR]
+                the load generator (lnt.sim.loadgen): C terminals of its own, N sessions in all
 
 The terminal's identity (user ID, PKI card key file) comes from C{DIR/demo.json} unless
 C{--user-id}/C{--key-file} are given; its reader keeps its state in C{DIR/reader-state.json}.
@@ -342,14 +345,71 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--order", required=True, help="the 20-digit order number")
     resume.add_argument("--amount", type=int, help="fen [remembered from recharge]")
     resume.add_argument("--card", help="logical number of the virtual card on the reader")
+    bench = sub.add_parser("bench", help="load generator: C terminals, N sessions in all")
+    bench.add_argument("--sessions", type=int, required=True, help="sessions in all")
+    bench.add_argument("--concurrency", type=int, required=True, help="terminals at once")
+    bench.add_argument("--flow", choices=["recharge", "signin", "mixed"], default="recharge")
+    bench.add_argument("--duration", type=float, default=300.0, help="at most, seconds [300]")
+    bench.add_argument("--provision", type=Path, metavar="DAEMON-DATA-DIR",
+                       help="register the generator's terminals and cards with lnt-admin in the "
+                            "daemon's data directory (on this machine)")
     card = sub.add_parser("card", help="open or close the card online (DD73/DD74)")
     card.add_argument("operation", choices=["open", "close"])
     card.add_argument("--card", help="logical number of the virtual card on the reader")
     return p
 
 
+def bench(args: argparse.Namespace) -> int:
+    """C{lnt-terminal bench}: provision (or explain), run, print the figures."""
+    from lnt.sim import loadgen
+
+    if not 0 < args.concurrency <= 1000 or not 0 < args.sessions <= 1_000_000:
+        print("lnt-terminal: --concurrency must be 1..1000 and --sessions 1..1000000",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.provision is None:
+        print("lnt-terminal: bench needs terminals and cards of its own: run it on the daemon's "
+              "machine with --provision DAEMON-DATA-DIR (it registers them with lnt-admin)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    listening_path = args.provision / "listening.json"
+    if not listening_path.exists():
+        print(f"lnt-terminal: no running daemon in {args.provision} (no listening.json)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    listening = json.loads(listening_path.read_text())
+    host = listening["flows"].get("host", "127.0.0.1")
+    port = int(listening["flows"]["port"])
+    http = args.http or f"http://{listening['http'].get('host', '127.0.0.1')}:" \
+        f"{listening['http']['port']}"
+    provisioned = loadgen.provision(args.provision, args.data_dir / "loadgen",
+                                    args.concurrency)
+    terminals = loadgen.terminals_for(provisioned, host, port, http, args.timeout,
+                                      args.platform or 7)
+    stats = loadgen.Stats()
+    pid = int(listening.get("pid", 0))
+
+    async def go(reactor: Any) -> None:
+        daemon_before = loadgen.cpu_seconds(pid) if pid else None
+        own_before = time.process_time()
+        wall = await loadgen.run(reactor, terminals, args.sessions, args.flow, args.duration,
+                                 stats)
+        daemon_after = loadgen.cpu_seconds(pid) if pid else None
+        daemon_cpu = None if daemon_before is None or daemon_after is None else \
+            daemon_after - daemon_before
+        loadgen.report(stats, wall, daemon_cpu, time.process_time() - own_before, print)
+
+    try:
+        task.react(lambda reactor: Deferred.fromCoroutine(go(reactor)))
+    except SystemExit:
+        pass
+    return EXIT_OK if not stats.errors else EXIT_REFUSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        return bench(args)
     try:
         terminal = load_terminal(args)
     except UsageError as e:
