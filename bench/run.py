@@ -1,21 +1,23 @@
 """
-Benchmarks (`make bench`): figures for the README, never assertions in the test suite.
+Benchmarks (`make bench`): figures for the README and docs, never assertions in the test suite.
 
  1. the DD frame codec: frames decoded per second;
- 2. sign-in (DD01-DD08) end to end against a real daemon on loopback;
- 3. recharge end to end (APPLLogin + CreateAutoLoadOrder over HTTP, then DD11-DD22), with one
-    terminal and with several terminals at once (each its own PKI card and CPU card).
+ 2. against a real daemon on loopback (SQLite ledger, synchronous=FULL), with the load generator
+    (`lnt-terminal bench`, its own process): sign-ins and recharges (APPLLogin and
+    CreateAutoLoadOrder over HTTP, then DD11-DD22) at several concurrencies, with p50/p95/p99,
+    the daemon's and the generator's CPU per session;
+ 3. the ceiling in the same run: bare Twisted with the recharge's six round trips and frame
+    sizes (bench/ceiling.py), and the ratio recharge sessions/s / ceiling sessions/s.
 
 Every loop is bounded in count; the daemon runs in a temporary directory on ports the OS
-chooses, and is stopped at the end. Usage: python -m bench.run [--signins N] [--recharges N]
-[--terminals K]
+chooses, and is stopped at the end. Usage: python -m bench.run [--sessions N]
+[--concurrency C ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import statistics
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,11 +27,11 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from lnt.keyfiles import CardKeyFile, CoreKeys
-from lnt.sim.cli import Terminal
-from lnt.sim.virtualcards import CPUCard, save_new
+from bench import ceiling
 from lnt.wire import FrameDecoder, Request
 from tests.support import Daemon
+
+TOOLS = Path(sys.executable).parent
 
 
 def codec(n: int = 100_000) -> str:
@@ -44,85 +46,61 @@ def codec(n: int = 100_000) -> str:
     return f"codec: {count / elapsed:,.0f} frames/s decoded ({len(frame)}-byte DD05 frames)"
 
 
-def figures(name: str, seconds: list[float], wall: float) -> str:
-    ms = sorted(s * 1000 for s in seconds)
-    p95 = ms[min(len(ms) - 1, int(len(ms) * 0.95))]
-    return (f"{name}: {len(ms)} in {wall:.2f} s = {len(ms) / wall:.1f}/s; latency p50 "
-            f"{statistics.median(ms):.1f} ms, p95 {p95:.1f} ms, max {ms[-1]:.1f} ms")
+def loadgen(daemon: Daemon, work: Path, flow: str, sessions: int, concurrency: int
+            ) -> tuple[float, str]:
+    """(sessions/s, the generator's report) of one run of `lnt-terminal bench`."""
+    out = subprocess.run([str(TOOLS / "lnt-terminal"), "--data-dir", str(work), "bench",
+                          "--provision", str(daemon.data_dir), "--flow", flow, "--sessions",
+                          str(sessions), "--concurrency", str(concurrency)],
+                         capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"lnt-terminal bench failed:\n{out.stdout}\n{out.stderr}")
+    match = re.match(r"([\d.]+) sessions/s", out.stdout)
+    assert match, out.stdout
+    return float(match.group(1)), out.stdout
 
 
-def make_terminals(daemon: Daemon, base: Path, k: int) -> list[Terminal]:
-    """k terminals, each with its own PKI card and its own virtual CPU card."""
-    core = CoreKeys.load(daemon.data_dir / "core-keys.json")
-    admin = str(Path(sys.executable).with_name("lnt-admin"))
-    terminals = []
-    for i in range(k):
-        data = base / f"t{i}"
-        data.mkdir()
-        user = f"BENCH-TERMINAL{i:02d}"
-        subprocess.run([admin, "--data-dir", str(daemon.data_dir), "terminal", "register",
-                        "--pki", str(80000000 + i), "--user-id", user, "--generate",
-                        str(data / "key.json")], check=True, capture_output=True, timeout=60)
-        logical = f"52000000000000{i:02d}"
-        card = CPUCard.issue(logical, core.master_load_key, core.master_tac_key)
-        save_new(card, data / "cards")
-        subprocess.run([admin, "--data-dir", str(daemon.data_dir), "card", "register", "--kind",
-                        "cpu", "--logical", logical, "--physical", card.uid], check=True,
-                       capture_output=True, timeout=60)
-        terminals.append(Terminal(data, "127.0.0.1", daemon.flows_port, daemon.http_url, 15.0,
-                                  user.encode(), CardKeyFile.load(data / "key.json"), 7, logical,
-                                  out=io.StringIO()))
-    return terminals
-
-
-async def timed(coro: Any) -> float:
-    start = time.perf_counter()
-    await coro
-    return time.perf_counter() - start
+def summary(report: str) -> str:
+    """The lines of a generator report worth a benchmark's page: totals, flows, CPU."""
+    keep = [line for line in report.splitlines()
+            if "sessions/s" in line or "flow " in line or "CPU" in line]
+    return "\n".join("    " + line.strip() for line in keep)
 
 
 async def bench(reactor: Any, args: argparse.Namespace) -> None:
     print(codec())
     with tempfile.TemporaryDirectory(prefix="lnt-bench-") as tmp:
         daemon = Daemon(Path(tmp) / "daemon").start()
+        server = subprocess.Popen([sys.executable, "-m", "bench.ceiling", "serve"],
+                                  stdout=subprocess.PIPE, text=True)
         try:
-            terminals = make_terminals(daemon, Path(tmp), args.terminals)
-            one = terminals[0]
-
-            start = time.perf_counter()
-            lat = [await timed(one.signin(reactor)) for _ in range(args.signins)]
-            print(figures("sign-in, one terminal", lat, time.perf_counter() - start))
-
-            start = time.perf_counter()
-            lat = [await timed(one.recharge(reactor, 1, f"BENCH1-{i}"))
-                   for i in range(args.recharges)]
-            print(figures("recharge (order + load), one terminal", lat,
-                          time.perf_counter() - start))
-
-            async def run(t: Terminal, n: int, tag: str) -> list[float]:
-                return [await timed(t.recharge(reactor, 1, f"{tag}-{i}")) for i in range(n)]
-
-            per = max(1, args.recharges // len(terminals))
-            start = time.perf_counter()
-            results = await defer.gatherResults([
-                defer.Deferred.fromCoroutine(run(t, per, f"BENCHK{j}"))
-                for j, t in enumerate(terminals)])
-            wall = time.perf_counter() - start
-            print(figures(f"recharge, {len(terminals)} terminals at once",
-                          [x for r in results for x in r], wall))
-            check = subprocess.run([str(Path(sys.executable).with_name("lnt-admin")),
-                                    "--data-dir", str(daemon.data_dir), "check"],
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            work = Path(tmp) / "generator"
+            for concurrency in args.concurrency:
+                rate, report = loadgen(daemon, work, "signin", args.sessions, concurrency)
+                print(f"sign-in, {concurrency} terminals:\n{summary(report)}")
+                rate, report = loadgen(daemon, work, "recharge", args.sessions, concurrency)
+                print(f"recharge, {concurrency} terminals:\n{summary(report)}")
+                top, p50 = await ceiling.measure(reactor, port, args.sessions, concurrency)
+                print(f"ceiling (bare Twisted, six round trips), {concurrency} at once: "
+                      f"{top:.1f} sessions/s, p50 {p50:.1f} ms; recharge / ceiling = "
+                      f"{rate / top:.3f}")
+            check = subprocess.run([str(TOOLS / "lnt-admin"), "--data-dir",
+                                    str(daemon.data_dir), "check"],
                                    capture_output=True, text=True, timeout=120)
             print("ledger check after the run:", check.stdout.strip().splitlines()[-1])
         finally:
+            server.terminate()
+            server.wait(10)
             daemon.stop()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--signins", type=int, default=100)
-    p.add_argument("--recharges", type=int, default=100)
-    p.add_argument("--terminals", type=int, default=4)
+    p.add_argument("--sessions", type=int, default=400, help="sessions per run [400]")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16],
+                   help="concurrent terminals, one run each [1 16]")
     args = p.parse_args()
     task.react(lambda reactor: defer.Deferred.fromCoroutine(bench(reactor, args)))
 
