@@ -412,6 +412,9 @@ def test_pending_notifications_survive_a_restart(tmp_path: Path) -> None:
 @pytestmark_slow
 def test_admin_merchants(tmp_path: Path) -> None:
     data = tmp_path / "adm"
+    assert admin(data, "merchant", "list").returncode == 1  # no ledger: nothing is created
+    assert not data.exists()
+    assert admin(data, "init").returncode == 0
     out = admin(data, "merchant", "add", "20002", "--rate", "LNT100=0.9", "--rate", "X=1")
     assert out.returncode == 0 and "AES key: " in out.stdout and "MD5 key: " in out.stdout
     assert admin(data, "merchant", "add", "20002").returncode == 1

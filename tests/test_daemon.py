@@ -385,3 +385,14 @@ def test_an_unparseable_endpoint_stops_start_with_one_line(tmp_path: Path,
     with pytest.raises(RuntimeError, match=r"cannot start: --flows .* is no endpoint"):
         d.start()
     assert "Traceback" not in d.log()
+
+
+def test_a_wrong_key_file_on_an_existing_ledger_stops_start(tmp_path: Path) -> None:
+    first = Daemon(tmp_path / "k").start()
+    first.stop()
+    wrong = tmp_path / "wrong" / "path.json"
+    d = Daemon(tmp_path / "k", ["--key-file", str(wrong)])
+    with pytest.raises(RuntimeError, match="already holds data sealed with a platform key"):
+        d.start()
+    assert not wrong.exists() and not wrong.parent.exists()
+    assert "Traceback" not in d.log()

@@ -4,6 +4,8 @@ ledger as the daemon (and may run while the daemon runs: every change is one tra
 
     lnt-admin [--data-dir DIR] [--ledger DSN] [--key-file FILE] COMMAND ...
 
+    init                             create the data directory, the platform key file and the
+                                     ledger (the only command that creates them)
     key create|show                  the platform key pair (show prints the public key only)
     terminal register --pki N --user-id ID (--generate KEYFILE | --public-key HEX)
                       [--key-version V]
@@ -27,7 +29,8 @@ ledger as the daemon (and may run while the daemon runs: every change is one tra
                                      the day's loads by biz_serial_no, with totals
     plugin-cache                     regenerate Twisted's plugin cache (dropin.cache)
 
-Exit status: 0 done, 1 refused (the message says why), 2 usage error.
+Exit status: 0 done, 1 refused (the message says why: also a data directory, key file or ledger
+that does not exist, which only C{init} creates), 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import lnt
 from lnt.domain.loads import Verdict
 from lnt.domain.masking import mask_card
 from lnt.domain.records import (
@@ -55,7 +59,7 @@ from lnt.domain.records import (
 )
 from lnt.keyfiles import CardKeyFile, KeyFileError, PlatformKeys
 from lnt.storage.consignments import SQLConsignments
-from lnt.storage.database import DSN, DatabaseConfigError, SyncDatabase, result_of
+from lnt.storage.database import DSN, SQLITE, DatabaseConfigError, SyncDatabase, result_of
 from lnt.storage.ledger import SQLLedger
 from lnt.storage.migrations import migrate
 from lnt.storage.pkicards import LedgerPKI
@@ -93,18 +97,18 @@ class Admin:
 
     def db(self) -> SyncDatabase:
         if self._db is None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            if self.dsn.engine is SQLITE and not Path(self.dsn.target).exists():
+                raise Refused(f"no ledger at {self.dsn.target}: nothing was created; check "
+                              "--data-dir/--ledger, or run `lnt-admin init` to create one")
             migrate(self.dsn)
             self._db = SyncDatabase(self.dsn)
         return self._db
 
-    def keys(self, create: bool = False) -> PlatformKeys:
-        if create:
-            return PlatformKeys.load_or_create(self.key_file)[0]
+    def keys(self) -> PlatformKeys:
         return PlatformKeys.load(self.key_file)
 
     def pki(self) -> LedgerPKI:
-        return LedgerPKI(self.db(), self.keys(create=True))
+        return LedgerPKI(self.db(), self.keys())
 
     def close(self) -> None:
         if self._db is not None:
@@ -112,10 +116,27 @@ class Admin:
 
     # -- commands ---------------------------------------------------------------------------
 
+    def init(self, args: argparse.Namespace) -> None:
+        created = []
+        if not self.data_dir.exists():
+            self.data_dir.mkdir(parents=True, mode=0o700)
+            created.append(f"data directory {self.data_dir}")
+        if not self.key_file.exists():
+            PlatformKeys.load_or_create(self.key_file)
+            created.append(f"key file {self.key_file}")
+        else:
+            self.keys()  # an existing key file must be readable
+        fresh = self.dsn.engine is SQLITE and not Path(self.dsn.target).exists()
+        version = migrate(self.dsn)
+        if fresh:
+            created.append(f"ledger {self.dsn.describe()} (schema version {version})")
+        print("created " + ", ".join(created) if created else
+              f"nothing to create: {self.data_dir} is initialised (ledger schema {version})")
+
     def key_create(self, args: argparse.Namespace) -> None:
         if self.key_file.exists():
             raise Refused(f"key file {self.key_file} exists already; it is never overwritten")
-        keys = self.keys(create=True)
+        keys = PlatformKeys.load_or_create(self.key_file)[0]
         print(f"created {self.key_file}")
         print(f"platform public key: {keys.public_key.hex()}")
 
@@ -159,7 +180,7 @@ class Admin:
 
     def terminal_list(self, args: argparse.Namespace) -> None:
         cards = result_of(self.pki().cards())
-        keys = self.keys(create=True)
+        keys = self.keys()
         sessions = result_of(SQLLedger(self.db(), keys.sealer()).sessions())
         del keys
         now = time.time() * 1000
@@ -175,10 +196,10 @@ class Admin:
                   f"{c.status.value:<8} {state}")
 
     def ledger(self) -> SQLLedger:
-        return SQLLedger(self.db(), self.keys(create=True).sealer())
+        return SQLLedger(self.db(), self.keys().sealer())
 
     def consignments(self) -> SQLConsignments:
-        return SQLConsignments(self.db(), self.keys(create=True).sealer())
+        return SQLConsignments(self.db(), self.keys().sealer())
 
     def merchant_add(self, args: argparse.Namespace) -> None:
         rates: dict[str, int] = {}
@@ -216,7 +237,7 @@ class Admin:
         print(f"merchant {args.customer_id} disabled")
 
     def voucher_issue(self, args: argparse.Namespace) -> None:
-        issuer = VoucherIssuer(self.db(), self.keys(create=True).storage_key)
+        issuer = VoucherIssuer(self.db(), self.keys().storage_key)
         try:
             issued = result_of(issuer.issue(args.product, args.value, args.count,
                                             int(time.time() * 1000)))
@@ -352,12 +373,15 @@ def _operator() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lnt-admin", description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"lnt-admin {lnt.__version__}")
     p.add_argument("--data-dir", type=Path, default=Path("lnt-data"),
                    help="the daemon's data directory [lnt-data]")
     p.add_argument("--ledger", help="ledger DSN [SQLite in the data dir]")
     p.add_argument("--key-file", type=Path, help="platform key file [DATA-DIR/platform-key.json]")
     sub = p.add_subparsers(dest="command", required=True)
 
+    sub.add_parser("init", help="create the data directory, key file and ledger (only this "
+                   "command creates them)").set_defaults(run=Admin.init)
     key = sub.add_parser("key", help="the platform key pair")
     ks = key.add_subparsers(dest="action", required=True)
     ks.add_parser("create", help="create the key file (never overwrites)").set_defaults(
@@ -443,12 +467,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    admin = Admin(args.data_dir, args.ledger, args.key_file)
+    try:
+        admin = Admin(args.data_dir, args.ledger, args.key_file)
+    except DatabaseConfigError as e:
+        print(f"lnt-admin: {e}", file=sys.stderr)
+        return 2
     try:
         args.run(admin, args)
-    except (Refused, KeyFileError, DatabaseConfigError) as e:
+    except (Refused, KeyFileError) as e:
         print(f"lnt-admin: {e}", file=sys.stderr)
         return 1
+    except DatabaseConfigError as e:
+        print(f"lnt-admin: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"lnt-admin: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    except Exception as e:
+        if type(e).__module__.startswith(("psycopg", "sqlite3")):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"lnt-admin: the ledger cannot be used: {first}", file=sys.stderr)
+            return 1
+        raise
     finally:
         admin.close()
     return 0

@@ -45,7 +45,7 @@ from lnt.keyfiles import CoreKeys, KeyFileError, PlatformKeys
 from lnt.storage.consignments import SQLConsignments
 from lnt.storage.database import DSN, Database, DatabaseConfigError
 from lnt.storage.ledger import SQLLedger
-from lnt.storage.migrations import SchemaTooNew, migrate
+from lnt.storage.migrations import SchemaTooNew, ledger_in_use, migrate
 from lnt.storage.pkicards import LedgerPKI
 from lnt.storage.vouchers import VoucherIssuer
 from lnt.web import consignapi, orderapi
@@ -73,6 +73,11 @@ class Options(usage.Options):
         if s.kind is not bool
     ] + [["config", "c", None, "ini file with a [lnt-recharge] section (keys: the option names)"]]
     optFlags = [["no-demo", None, "do not provision demo data (production)"]]
+
+    def opt_version(self) -> None:
+        """Print the version of lnt-recharge and exit."""
+        print(f"lnt-recharge {lnt.__version__}")
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         given = {s.name: self[s.name] for s in SETTINGS if s.kind is not bool}
@@ -218,17 +223,22 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
         reactor = default_reactor
     data_dir = options.settings.data_dir.resolve()
     settings = replace(options.settings, data_dir=data_dir)
+    key_file = settings.key_file or data_dir / "platform-key.json"
+    dsn = DSN.parse(settings.ledger or f"sqlite://{data_dir / 'ledger.db'}")
+    if not key_file.exists() and ledger_in_use(dsn):
+        # a new key would make every sealed row unreadable: a wrong --key-file, not a new start
+        raise KeyFileError(f"key file {key_file} does not exist, but the ledger "
+                           f"{dsn.describe()} already holds data sealed with a platform key: "
+                           "give its --key-file (nothing was created)")
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
 
-    key_file = settings.key_file or data_dir / "platform-key.json"
     keys, created = PlatformKeys.load_or_create(key_file)
     if created:
         log.info("created the platform key file {path}", path=key_file)
 
     core_keys = CoreKeys.load_or_create(settings.core_key_file or data_dir / "core-keys.json")
 
-    dsn = DSN.parse(settings.ledger or f"sqlite://{data_dir / 'ledger.db'}")
     version = migrate(dsn)
     log.info("ledger {dsn} at schema version {version}", dsn=dsn.describe(), version=version)
 

@@ -25,7 +25,7 @@ The terminal's identity (user ID, PKI card key file) comes from C{DIR/demo.json}
 C{--user-id}/C{--key-file} are given; its reader keeps its state in C{DIR/reader-state.json}.
 The card on the reader is C{--card} (a virtual card in C{DIR/cards/}), by default the first
 card of demo.json. Without C{--flows}/C{--http}, the addresses the daemon recorded in
-C{DIR/listening.json} are used, else 127.0.0.1:9000 and http://127.0.0.1:8080.
+C{DIR/listening.json} are used; without them either, the command is refused (exit 2).
 
 Each stage is printed as it happens: header, flow indicator and code with its meaning, info
 length and hex. Exit status: 0 success; 1 the platform refused (its info code is printed);
@@ -49,6 +49,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 
+import lnt
 from lnt.keyfiles import CardKeyFile, KeyFileError
 from lnt.messages.cardscript import IDENTIFY
 from lnt.messages.purse import DepositOp, Ins, parse_record, parse_value_block
@@ -100,6 +101,9 @@ class Terminal:
         return load_card(path)
 
     def client(self) -> OrderClient:
+        if not self.http:
+            raise UsageError(f"no HTTP address of the daemon: give --http URL, or run it with "
+                             f"{self.data_dir} as its data directory")
         return OrderClient(self.http, self.platform, self.reader,
                            self.user_id.decode("ascii"), self.timeout)
 
@@ -289,24 +293,31 @@ def load_terminal(args: argparse.Namespace) -> Terminal:
     user_id = args.user_id.encode("ascii") if args.user_id else card.user_id
     if len(user_id) != 16:
         raise UsageError("user ID must be 16 ASCII characters")
+    # the daemon's addresses: given, or as the daemon running on this data directory recorded
+    # them; never a guess (another daemon may answer on a default port)
+    listening_path = data_dir / "listening.json"
+    try:
+        recorded = json.loads(listening_path.read_text()) if listening_path.exists() else {}
+    except ValueError:
+        recorded = {}
+    missing = (f"no running daemon recorded in {listening_path}: start it with this data "
+               "directory, or give --flows HOST:PORT and --http URL")
     if args.flows:
         host, _, port = args.flows.rpartition(":")
         if not host or not port.isdigit():
             raise UsageError("--flows is HOST:PORT")
     else:
-        host, port = "127.0.0.1", "9000"
-        listening = data_dir / "listening.json"
-        if listening.exists():
-            flows = json.loads(listening.read_text()).get("flows") or {}
-            if "port" in flows:
-                host, port = flows.get("host", host), str(flows["port"])
+        flows = recorded.get("flows") or {}
+        if "port" not in flows:
+            raise UsageError(missing)
+        host, port = flows.get("host", "127.0.0.1"), str(flows["port"])
     http = args.http or ""
-    listening = data_dir / "listening.json"
-    if not http and listening.exists():
-        address = json.loads(listening.read_text()).get("http") or {}
-        if "port" in address:
-            http = f"http://{address.get('host', '127.0.0.1')}:{address['port']}"
-    http = (http or "http://127.0.0.1:8080").rstrip("/")
+    address = recorded.get("http") or {}
+    if not http and "port" in address:
+        http = f"http://{address.get('host', '127.0.0.1')}:{address['port']}"
+    if http and not http.startswith(("http://", "https://")):
+        raise UsageError("--http is a URL: http://HOST:PORT")
+    http = http.rstrip("/")  # empty: refused when a command needs the HTTP API
     platform = args.platform or int(demo.get("platform", {}).get("platform_no", 7))
     transit = getattr(args, "card", None)
     if transit is None and demo.get("cards"):
@@ -319,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lnt-terminal", description="Lingnan Tong terminal simulator",
                                 epilog="exit status: 0 ok, 1 refused, 2 usage, 3 network, "
                                        "4 interrupted on purpose")
+    p.add_argument("--version", action="version", version=f"lnt-terminal {lnt.__version__}")
     p.add_argument("--data-dir", type=Path, default=Path("lnt-data"),
                    help="terminal data directory (demo.json, reader state) [lnt-data]")
     p.add_argument("--flows", help="platform's flow address HOST:PORT")
@@ -430,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 biz = args.biz_serial_no or f"SIM{int(time.time() * 1000)}{os.getpid() % 1000:03d}"
                 await terminal.recharge(reactor, args.amount, biz, args.interrupt)
             elif args.command == "resume":
+                if not (len(args.order) == 20 and args.order.isdigit()):
+                    raise UsageError("--order is the 20-digit order number")
                 amount = args.amount or terminal.remembered(args.order)
                 if amount is None:
                     raise UsageError(f"amount of order {args.order} unknown: give --amount")

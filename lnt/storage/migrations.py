@@ -14,6 +14,7 @@ Timestamps are integer milliseconds since the epoch (UTC); money is integer fen.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from twisted.logger import Logger
 
@@ -322,6 +323,19 @@ def _apply(cur: Cursor, version: int, script: Script) -> bool:
     cur.execute("DELETE FROM schema_version")
     cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
     return True
+
+
+def ledger_in_use(dsn: DSN) -> bool:
+    """Whether the ledger exists already with a schema (SQLite: without creating the file)."""
+    if dsn.engine.name == "sqlite":
+        path = Path(dsn.target)
+        if not path.exists() or path.stat().st_size == 0:
+            return False
+    conn = dsn.connect()
+    try:
+        return run_transaction(dsn.engine, conn, "schema version", current_version) > 0
+    finally:
+        conn.close()
 
 
 def migrate(
