@@ -396,3 +396,16 @@ def test_a_wrong_key_file_on_an_existing_ledger_stops_start(tmp_path: Path) -> N
         d.start()
     assert not wrong.exists() and not wrong.parent.exists()
     assert "Traceback" not in d.log()
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    first = Daemon(tmp_path / "shared").start()
+    try:
+        second = Daemon(tmp_path / "shared")
+        with pytest.raises(RuntimeError, match=r"another lnt-recharge \(pid \d+\) runs on"):
+            second.start()
+        assert "Traceback" not in second.log()
+        assert not (first.data_dir / "listening.json").exists()  # the second wrote none
+        assert exchange(first.flows_port, request(0xDD01))[0][0].header == 0xDD02
+    finally:
+        first.stop()

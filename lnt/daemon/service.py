@@ -14,6 +14,7 @@ seconds to finish (then are aborted), then the ledger is closed.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from dataclasses import replace
@@ -94,6 +95,29 @@ class EndpointError(Exception):
     """An endpoint string that Twisted cannot parse."""
 
 
+class DataDirInUse(Exception):
+    """Another daemon runs on this data directory."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """
+    Hold C{<data-dir>/lnt-recharge.lock} for the life of the process (the lock goes with it,
+    also on SIGKILL): a second daemon on the same data directory would overwrite
+    listening.json and the demo data. Returns the descriptor to keep open.
+    """
+    path = data_dir / "lnt-recharge.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise DataDirInUse(f"another lnt-recharge (pid {holder}) runs on {data_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class ListenerService(StreamServerEndpointService):
     """
     Twisted's endpoint service, bound at privileged start (so a bind failure stops twistd at
@@ -161,6 +185,8 @@ class RechargeService(MultiService):
         self.ledger = ledger
         self.flows = flows
         self.data_dir = settings.data_dir
+        #: the descriptor holding the data directory's lock
+        self.lock: int | None = None
 
     def startService(self) -> None:
         self.db.start()
@@ -204,7 +230,7 @@ def makeService(options: Options, reactor: Any = None) -> RechargeService:
     try:
         return _make_service(options, reactor)
     except (OSError, KeyFileError, DatabaseConfigError, SchemaTooNew, FlowConflict,
-            FlowUnavailable, EndpointError, sqlite3.Error) as e:
+            FlowUnavailable, EndpointError, DataDirInUse, sqlite3.Error) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.critical("cannot start: {message}", message=message)
         raise SystemExit(f"lnt-recharge: cannot start: {message}") from None
@@ -232,6 +258,7 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
                            "give its --key-file (nothing was created)")
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
+    lock = lock_data_dir(data_dir)
 
     keys, created = PlatformKeys.load_or_create(key_file)
     if created:
@@ -281,6 +308,7 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
     site.noisy = False
 
     service = RechargeService(settings, db, ledger, flows, notifier, processor)
+    service.lock = lock  # held as long as the process lives
     ListenerService("flows", settings.flows, flows, reactor).setServiceParent(service)
     ListenerService("http", settings.http, site, reactor).setServiceParent(service)
     return service
