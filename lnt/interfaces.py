@@ -201,10 +201,11 @@ class ILedger(Interface):
     after that.
     """
 
-    def health() -> Deferred[dict[str, object]]:
+    def health(now_ms: int) -> Deferred[dict[str, object]]:
         """
-        C{{"engine": ..., "schema_version": N}} after a round trip to the database; errbacks
-        if the database cannot be reached.
+        Ready to serve: a probe that writes and commits, and the platform key opening the
+        ledger's key check; C{{"engine", "schema_version", "writable", "key"}}. Errbacks when
+        the database cannot be reached or written, or the key does not match.
         """
 
     def next_serial(pki_no: int, now_ms: int) -> Deferred[str]:

@@ -100,7 +100,10 @@ def test_health(daemon: Daemon) -> None:
     status, body = http_get(daemon.http_url + "/health")
     assert status == 200
     assert body["status"] == "ok"
-    assert body["ledger"] == {"reachable": True, "engine": "sqlite", "schema_version": LATEST}
+    assert body["ledger"] == {"reachable": True, "engine": "sqlite", "schema_version": LATEST,
+                              "writable": True, "key": "matches"}
+    assert http_get(daemon.http_url + "/health/ready")[0] == 200
+    assert http_get(daemon.http_url + "/health/live")[1]["status"] == "live"
     status, body = http_get(daemon.http_url + "/nope")
     assert status == 404 and body == {"error": "no such resource: /nope"}
 

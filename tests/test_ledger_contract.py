@@ -48,7 +48,7 @@ from lnt.storage.database import (
     result_of,
 )
 from lnt.storage.journal import UnbalancedEntry, post
-from lnt.storage.ledger import SQLLedger
+from lnt.storage.ledger import KeyMismatch, SQLLedger
 from lnt.storage.migrations import LATEST, MIGRATIONS, SchemaTooNew, migrate
 from lnt.storage.pkicards import LedgerPKI
 from tests.conftest import postgres_dsn
@@ -153,11 +153,21 @@ def test_dsn_parsing() -> None:
 # -- health, PKI --------------------------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred
-async def test_health(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+async def test_health(stores: tuple[SQLLedger, LedgerPKI], dsn: DSN) -> None:
     ledger, _ = stores
-    h = await ledger.health()
-    assert h["schema_version"] == LATEST
+    h = await ledger.health(1)
+    assert h["schema_version"] == LATEST and h["writable"] is True and h["key"] == "matches"
     assert h["engine"] in ("sqlite", "postgres")
+    assert (await ledger.health(2))["key"] == "matches"  # the second probe opens the check
+    # another platform key does not open this ledger's sealed data
+    db = Database(dsn)
+    db.start()
+    try:
+        other = SQLLedger(db, PlatformKeys(key_from_scalar(0xBAD), bytes(32)).sealer())
+        with pytest.raises(KeyMismatch):
+            await other.health(3)
+    finally:
+        db.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -222,3 +222,47 @@ def test_each_order_api_request_dataclass_names_exactly_its_endpoints_fields() -
         assert {_snake(f.name) for f in spec} == {f.name for f in fields(cls)}, cls.__name__
         optional = {_snake(f.name) for f in spec if not f.required}
         assert optional == {f.name for f in fields(cls) if f.default is None}, cls.__name__
+
+
+def test_health_live_and_ready() -> None:
+    from lnt.web.health import Health
+
+    class Broken:
+        def health(self, now_ms: int) -> Deferred[dict[str, object]]:
+            from twisted.internet import defer
+
+            return defer.fail(sqlite3_error("attempt to write a readonly database"))
+
+    def sqlite3_error(text: str) -> Exception:
+        import sqlite3
+
+        return sqlite3.OperationalError(text)
+
+    site = Site()
+    root = Root()
+    good: Any = site.b.ledger
+    bad: Any = Broken()
+    root.putChild(b"health", Health(good, site.clock, TIMEOUT))
+    root.putChild(b"broken", Health(bad, site.clock, TIMEOUT))
+    http: Any = StubTreq(root)
+
+    def get(path: str) -> tuple[int, dict[str, Any]]:
+        d = http.get(f"http://platform/{path}")
+        http.flush()
+        response = result_of(d)
+        body = http.content(response)
+        http.flush()
+        return int(response.code), json.loads(result_of(body))
+
+    import lnt
+
+    assert get("health/live") == (200, {"status": "live", "version": lnt.__version__})
+    code, body = get("health/ready")
+    assert code == 200 and body["ledger"]["writable"] is True and body["ledger"]["key"] == \
+        "matches"
+    assert get("health")[0] == 200
+    code, body = get("broken/ready")
+    assert code == 503 and body["ledger"] == {"ready": False,
+                                             "reason": "attempt to write a readonly database"}
+    assert get("broken/live")[0] == 200  # alive, not ready
+    assert get("health/nope")[0] == 404

@@ -56,6 +56,14 @@ from lnt.storage.migrations import current_version
 from lnt.storage.orders import ORDER_COLUMNS, insert_order, insert_payment
 from lnt.storage.registry import issued_card
 
+#: what the health probe seals with the platform key, to tell a wrong key file
+KEY_CHECK = b"lnt-recharge key check"
+
+
+class KeyMismatch(Exception):
+    """The platform key does not open the ledger's sealed data."""
+
+
 #: handshake serials are 16 decimal digits
 SERIAL_DIGITS = 16
 
@@ -66,9 +74,26 @@ class SQLLedger:
         self.db = db
         self._sealer = sealer
 
-    def health(self) -> Deferred[dict[str, object]]:
+    def health(self, now_ms: int) -> Deferred[dict[str, object]]:
+        """
+        Ready to serve: a write that commits (a read-only or full database fails it) and the
+        platform key opening the ledger's key check (a wrong key file fails it).
+        """
+
         def probe(cur: Cursor) -> dict[str, object]:
-            return {"engine": cur.engine.name, "schema_version": current_version(cur)}
+            row = cur.execute("SELECT key_check FROM health WHERE id = 1").fetchone()
+            if row is None:
+                cur.execute("INSERT INTO health (id, probe_ms, key_check) VALUES (1, ?, ?)",
+                            (now_ms, self._sealer.seal(KEY_CHECK, b"health")))
+            else:
+                try:
+                    self._sealer.open(bytes(row[0]), b"health")
+                except ValueError:
+                    raise KeyMismatch("the platform key does not open this ledger's sealed "
+                                      "data (a wrong key file?)") from None
+                cur.execute("UPDATE health SET probe_ms = ? WHERE id = 1", (now_ms,))
+            return {"engine": cur.engine.name, "schema_version": current_version(cur),
+                    "writable": True, "key": "matches"}
 
         return self.db.runInteraction("health", probe)
 

@@ -279,6 +279,16 @@ MIGRATIONS: Sequence[tuple[int, Script]] = (
         lambda engine: engine.add_check("orders", "state",
                                         ("created", "pending", "loaded", "reversed")),
     ),
+    (
+        9,
+        """
+        CREATE TABLE health (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            probe_ms {bigint} NOT NULL,
+            key_check {bytes} NOT NULL
+        );
+        """,
+    ),
 )
 
 #: The version this code writes.

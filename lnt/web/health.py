@@ -1,4 +1,9 @@
-"""C{GET /health}: is the daemon up and can it reach its ledger (for load balancers and ops)."""
+"""
+Health for load balancers and operators. C{GET /health/live}: the process runs and its reactor
+answers. C{GET /health/ready} (and C{/health}): the ledger takes a write that commits and the
+platform key opens its sealed data; 503 with the reason otherwise (a read-only or full disk, an
+unreachable database, a wrong key file).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 import lnt
 from lnt.interfaces import ILedger, bounded
-from lnt.web.json import finish_json
+from lnt.web.json import finish_json, write_json
 
 log = Logger()
 
@@ -24,8 +29,15 @@ class Health(Resource):
         self._clock = clock
         self._timeout = timeout
 
-    def render_GET(self, request: Request) -> int:
-        d = bounded(self._ledger.health(), self._timeout, self._clock, "health")
+    def render_GET(self, request: Request) -> int | bytes:
+        path = [p for p in request.postpath or [] if p]
+        if path == [b"live"]:
+            return write_json(request, {"status": "live", "version": lnt.__version__})
+        if path not in ([], [b"ready"]):
+            return write_json(request, {"error": "no such resource: /health/"
+                                        + b"/".join(path).decode(errors="replace")}, 404)
+        now_ms = int(self._clock.seconds() * 1000)
+        d = bounded(self._ledger.health(now_ms), self._timeout, self._clock, "health")
 
         def ok(ledger: dict[str, object]) -> None:
             body = {"status": "ok", "version": lnt.__version__,
@@ -33,9 +45,11 @@ class Health(Resource):
             finish_json(request, body)
 
         def failed(f: Failure) -> None:
-            log.warn("health: ledger unreachable: {error}", error=f.getErrorMessage())
+            message = f.getErrorMessage().strip()
+            reason = message.splitlines()[0] if message else str(f.type)
+            log.warn("health: not ready: {error}", error=reason)
             body = {"status": "unavailable", "version": lnt.__version__,
-                    "ledger": {"reachable": False}}
+                    "ledger": {"ready": False, "reason": reason}}
             finish_json(request, body, 503)
 
         d.addCallbacks(ok, failed)
