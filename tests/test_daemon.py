@@ -130,6 +130,13 @@ def test_first_start_creates_data_dir_and_sigterm_stops_cleanly(daemon: Daemon) 
             break
         assert time.monotonic() < deadline, "the listener did not close"
     assert daemon.proc.poll() is None  # still waiting for the flow
+    # an impatient second SIGTERM changes nothing and says so (no ReactorNotRunning)
+    daemon.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while "SIGTERM again: already stopping" not in daemon.log():
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    assert daemon.proc.poll() is None
     s.close()  # the flow ends; the daemon can finish
     # twistd re-raises the signal that stopped it: systemd counts that as a clean stop
     assert daemon.proc.wait(20) == -signal.SIGTERM

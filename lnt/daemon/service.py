@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -189,6 +190,9 @@ class RechargeService(MultiService):
         self.lock: int | None = None
 
     def startService(self) -> None:
+        from twisted.internet import reactor
+
+        reactor.callWhenRunning(self._once_per_signal)
         self.db.start()
         super().startService()
         self.notifier.startService()
@@ -201,6 +205,31 @@ class RechargeService(MultiService):
         write_json_atomically(self.data_dir / "listening.json", listening, 0o644)
         systemd.notify("READY=1")
         log.info("lnt-recharge {version} ready", version=lnt.__version__)
+
+    def _once_per_signal(self) -> None:
+        """
+        The reactor's SIGTERM/SIGINT handlers stop it; a second signal while the running flows
+        drain would stop it again (a ReactorNotRunning traceback). Wrap them: the first signal
+        goes through, a repeat only says what is happening.
+        """
+        grace = self.settings.shutdown_grace
+        for number in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(number)
+            if not callable(previous):
+                continue
+            received: list[int] = []
+
+            def handler(signum: int, frame: Any, previous: Any = previous,
+                        received: list[int] = received) -> None:
+                if received:
+                    log.warn("{signal} again: already stopping (running flows get up to "
+                             "{grace:.0f} s); SIGKILL ends the daemon at once",
+                             signal=signal.Signals(signum).name, grace=grace)
+                    return
+                received.append(signum)
+                previous(signum, frame)
+
+            signal.signal(number, handler)
 
     async def _stop(self) -> None:
         systemd.notify("STOPPING=1")
