@@ -222,6 +222,23 @@ pytestmark_slow = pytest.mark.slow
 
 
 @pytestmark_slow
+def test_a_notification_given_up_is_a_warning(shop: Merchant) -> None:
+    receiver = Receiver(["fail", "fail", "fail"])
+    try:
+        out = admin(shop.daemon.data_dir, "voucher", "issue", "--product", "LNT100", "--value",
+                    "1000", "--count", "1")
+        number, password = out.stdout.strip().splitlines()[-1].split()
+        assert shop.tocard("GIVEUP", number, password, 1000, receiver.url)["code"] == 1
+        system_id = shop.wait("GIVEUP")["systemOrderId"]
+        wait_for(lambda: outbox(shop.daemon.data_dir, system_id) == ("failed", 3))
+        warnings = [line for line in shop.daemon.log().splitlines()
+                    if "#warn" in line and "given up" in line and system_id in line]
+        assert len(warnings) == 1, shop.daemon.log()[-2000:]
+    finally:
+        receiver.close()
+
+
+@pytestmark_slow
 def test_consign_with_notifications_that_fail_twice(shop: Merchant) -> None:
     receiver = Receiver(["fail", "not now"])
     try:

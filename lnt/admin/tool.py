@@ -1,5 +1,5 @@
 """
-C{lnt-admin}: the operator's command line. It works on the same data directory, key file and
+lnt-admin: the operator's command line. It works on the same data directory, key file and
 ledger as the daemon (and may run while the daemon runs: every change is one transaction).
 
     lnt-admin [--data-dir DIR] [--ledger DSN] [--key-file FILE] COMMAND ...
@@ -30,7 +30,7 @@ ledger as the daemon (and may run while the daemon runs: every change is one tra
     plugin-cache                     regenerate Twisted's plugin cache (dropin.cache)
 
 Exit status: 0 done, 1 refused (the message says why: also a data directory, key file or ledger
-that does not exist, which only C{init} creates), 2 usage or configuration error.
+that does not exist, which only init creates), 2 usage or configuration error.
 """
 
 from __future__ import annotations

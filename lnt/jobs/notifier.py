@@ -150,5 +150,10 @@ class Notifier(Service):
             except Exception as e:  # every failure of an attempt is recorded, none escapes
                 outcome = f"{type(e).__name__}: {str(e)[:120]}"
         await self.store.attempted(n.id, outcome, delivered, self.retry_intervals, self.now_ms())
-        log.info("notifier: {reference} attempt {n}: {outcome}{done}", reference=n.reference,
-                 n=n.attempts + 1, outcome=outcome, done=" (delivered)" if delivered else "")
+        given_up = not delivered and n.attempts + 1 > len(self.retry_intervals)
+        # a notification given up is money news a merchant never got: an operator must see it
+        emit = log.warn if given_up else log.info
+        emit("notifier: {reference} attempt {n}: {outcome}{done}", reference=n.reference,
+             n=n.attempts + 1, outcome=outcome,
+             done=" (delivered)" if delivered else " (given up: no attempt follows)"
+             if given_up else "")
