@@ -93,3 +93,37 @@ def test_every_cli_tells_its_version(tool: list[str]) -> None:
     out = subprocess.run([str(Path(sys.executable).with_name(tool[0])), *tool[1:], "--version"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip().endswith(lnt.__version__), out
+
+
+def test_operators_see_orders_loads_in_doubt_and_one_order_whole(tmp_path: Path) -> None:
+    import json
+
+    from tests.support import Daemon
+
+    d = Daemon(tmp_path / "data").start()
+    try:
+        data = str(d.data_dir)
+        assert terminal("--data-dir", data, "recharge", "--amount", "100").returncode == 0
+        cut = terminal("--data-dir", data, "recharge", "--amount", "30", "--card",
+                       "5100000000000002", "--interrupt", "before-credit")
+        assert cut.returncode == 4
+        rows = json.loads(admin("--data-dir", data, "orders", "--json").stdout)
+        assert [(r["state"], r["amount"]) for r in rows] == [("pending", 30), ("loaded", 100)]
+        assert all("****" in r["card"] for r in rows)  # masked
+        assert [r["amount"] for r in json.loads(admin(
+            "--data-dir", data, "orders", "--card", "5100000000000001", "--json").stdout)] == [100]
+        doubt = json.loads(admin("--data-dir", data, "loads", "--in-doubt", "--json").stdout)
+        assert [(r["order"], r["load"]["state"]) for r in doubt] == [(rows[0]["order"],
+                                                                     "pending")]
+        shown = json.loads(admin("--data-dir", data, "order", "show", rows[1]["order"],
+                                 "--json").stdout)
+        assert [e["kind"] for e in shown["entries"]] == ["load", "payment"]
+        assert shown["load"]["new_balance"] == 1100
+        text = admin("--data-dir", data, "orders").stdout
+        assert rows[0]["order"] in text and "2 orders" in text
+        bad = admin("--data-dir", data, "orders", "--state", "lost")
+        assert bad.returncode == 1 and "--state is one of" in one_line(bad)
+        missing = admin("--data-dir", data, "order", "show", "2" * 20)
+        assert missing.returncode == 1 and "no order" in one_line(missing)
+    finally:
+        d.stop()

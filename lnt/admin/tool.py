@@ -21,6 +21,10 @@ ledger as the daemon (and may run while the daemon runs: every change is one tra
     check                            the journal balances and every load agrees with it; then
                                      the money at risk (loads in doubt, payments without an
                                      order, orders unloaded for a day), which is no error
+    orders [--state S] [--card NO] [--terminal PKI] [--since YYYYMMDD] [--until YYYYMMDD]
+           [--limit N] [--json]        orders with their loads, newest first
+    order show ORDER [--json]        one order: its load, journal entries, operators' decisions
+    loads --in-doubt [--json]        the loads the cards have not proven (what check lists)
     load resolve ORDER --settle|--reverse --reason TEXT [--operator NAME]
                                      an operator's audited decision on a load in doubt
     payment refund PLATFORM:BIZ_SERIAL_NO --reason TEXT [--operator NAME]
@@ -38,11 +42,13 @@ from __future__ import annotations
 import argparse
 import csv
 import getpass
+import json
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import lnt
 from lnt.domain.loads import Verdict
@@ -53,8 +59,11 @@ from lnt.domain.records import (
     CardKind,
     Conflict,
     IssuedCard,
+    Load,
     LoadState,
     NotFound,
+    Order,
+    OrderState,
     PKICard,
 )
 from lnt.keyfiles import CardKeyFile, KeyFileError, PlatformKeys
@@ -296,6 +305,78 @@ class Admin:
             raise Refused("no such card in the registry")
         print(f"card {mask_card(card.logical_no)}: {card.kind.value}, {card.state.value}")
 
+    def orders(self, args: argparse.Namespace) -> None:
+        since = _day_ms(args.since, "--since") if args.since else None
+        until = _day_ms(args.until, "--until") + 86_400_000 if args.until else None
+        state = None
+        if args.state:
+            try:
+                state = OrderState(args.state)
+            except ValueError:
+                raise Refused(f"--state is one of {', '.join(s.value for s in OrderState)}"
+                              ) from None
+        found = result_of(self.ledger().search_orders(state, args.card, args.terminal, since,
+                                                      until, args.limit))
+        rows = [_order_view(order, load) for order, load in found]
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return
+        print(f"{'order':<20} {'state':<9} {'fen':>8}  {'card':<16} {'terminal':>9}  "
+              f"{'created (China)':<19}  platform:biz")
+        for r in rows:
+            print(f"{r['order']:<20} {r['state']:<9} {r['amount']:>8}  {r['card']:<16} "
+                  f"{r['terminal']:>9}  {r['created']:<19}  {r['payment']}")
+        print(f"{len(rows)} orders" + (f" (at most {args.limit})" if len(rows) == args.limit
+                                       else ""))
+
+    def order_show(self, args: argparse.Namespace) -> None:
+        ledger = self.ledger()
+        order = result_of(ledger.order(args.order))
+        if order is None:
+            raise Refused(f"no order {args.order}")
+        load = result_of(ledger.load(args.order))
+        view = _order_view(order, load)
+        view["entries"] = [{"kind": k, "at": _china(at), "postings": dict(p)} for k, at, p in
+                           result_of(ledger.entries(args.order))
+                           + result_of(ledger.entries(view["payment"]))]
+        view["decisions"] = [{"kind": k, "decision": d, "reason": r, "operator": o,
+                              "at": _china(at)} for k, d, r, o, at in
+                             result_of(ledger.decisions(args.order))]
+        if args.json:
+            print(json.dumps(view, indent=1))
+            return
+        for key in ("order", "state", "amount", "card", "card_kind", "terminal", "payment",
+                    "created", "updated"):
+            print(f"{key:<10} {view[key]}")
+        if view["load"]:
+            print("load       " + ", ".join(f"{k} {v}" for k, v in view["load"].items()))
+        for e in view["entries"]:
+            postings = ", ".join(f"{a} {m:+d}" for a, m in e["postings"].items())
+            print(f"entry      {e['kind']} at {e['at']}: {postings}")
+        for d in view["decisions"]:
+            print(f"decision   {d['decision']} by {d['operator']} at {d['at']}: {d['reason']}")
+
+    def loads(self, args: argparse.Namespace) -> None:
+        if not args.in_doubt:
+            raise Refused("give --in-doubt (settled and reversed loads are listed by `orders`)")
+        risks = [r for r in result_of(self.ledger().money_at_risk(int(time.time() * 1000)))
+                 if r.what == "load in doubt"]
+        ledger = self.ledger()
+        rows = []
+        for r in risks:
+            load = result_of(ledger.load(r.reference))
+            order = result_of(ledger.order(r.reference))
+            assert load is not None and order is not None
+            rows.append(_order_view(order, load))
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return
+        for v in rows:
+            print(f"{v['order']}  {v['amount']:>8} fen  {v['card_kind']} card {v['card']}  "
+                  f"terminal {v['terminal']}  since {v['load']['created']}")
+        print(f"{len(rows)} loads in doubt: `lnt-admin load resolve ORDER --settle|--reverse "
+              "--reason ...` once the card is read" if rows else "no load in doubt")
+
     def load_resolve(self, args: argparse.Namespace) -> None:
         verdict = Verdict.SETTLE if args.settle else Verdict.REVERSE
         ledger = self.ledger()
@@ -352,6 +433,32 @@ class Admin:
         found = sorted({str(getattr(p, "name", None) or getattr(p, "tapname", "?"))
                         for p in getPlugins(IPlugin, twisted.plugins)})
         print(f"plugin cache regenerated; {len(found)} plugins")
+
+
+def _china(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, CHINA).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _day_ms(text: str, name: str) -> int:
+    try:
+        day = datetime.strptime(text, "%Y%m%d").replace(tzinfo=CHINA)
+    except ValueError:
+        raise Refused(f"{name} must be a date YYYYMMDD") from None
+    return int(day.timestamp() * 1000)
+
+
+def _order_view(order: Order, load: Load | None) -> dict[str, Any]:
+    """An order as an operator sees it (the card number masked)."""
+    return {
+        "order": order.order_no, "state": order.state.value, "amount": order.amount,
+        "card": mask_card(order.logical_no), "card_kind": order.card_kind.value,
+        "terminal": order.pki_no, "payment": f"{order.platform_no}:{order.biz_serial_no}",
+        "created": _china(order.created_ms), "updated": _china(order.updated_ms),
+        "load": None if load is None else {
+            "state": load.state.value, "old_balance": load.old_balance,
+            "new_balance": load.new_balance, "terminal": load.pki_no,
+            "created": _china(load.created_ms)},
+    }
 
 
 def _age(ms: int) -> str:
@@ -437,6 +544,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check", help="verify the journal and every load, then list the money at "
                    "risk; exit 0 unless something disagrees").set_defaults(run=Admin.check)
+    ords = sub.add_parser("orders", help="orders with their loads, newest first")
+    ords.add_argument("--state", help="created, pending, loaded or reversed")
+    ords.add_argument("--card", help="the card's 16-digit logical number")
+    ords.add_argument("--terminal", type=int, help="the terminal's PKI card number")
+    ords.add_argument("--since", help="YYYYMMDD, China time")
+    ords.add_argument("--until", help="YYYYMMDD, China time (that day included)")
+    ords.add_argument("--limit", type=int, default=100, help="at most this many [100]")
+    ords.add_argument("--json", action="store_true", help="JSON, for scripts")
+    ords.set_defaults(run=Admin.orders)
+    order = sub.add_parser("order", help="one order")
+    os_ = order.add_subparsers(dest="action", required=True)
+    show = os_.add_parser("show", help="an order with its load, entries and decisions")
+    show.add_argument("order", help="the 20-digit order number")
+    show.add_argument("--json", action="store_true", help="JSON, for scripts")
+    show.set_defaults(run=Admin.order_show)
+    lds = sub.add_parser("loads", help="loads the cards have not proven")
+    lds.add_argument("--in-doubt", action="store_true", help="the loads in doubt")
+    lds.add_argument("--json", action="store_true", help="JSON, for scripts")
+    lds.set_defaults(run=Admin.loads)
     load = sub.add_parser("load", help="loads of orders onto cards")
     ls = load.add_subparsers(dest="action", required=True)
     res = ls.add_parser("resolve", help="settle or reverse a load in doubt (audited)")

@@ -434,6 +434,51 @@ class SQLLedger:
 
         return self.db.runInteraction("deposit_flag", txn)
 
+    # -- operators' views ---------------------------------------------------------------------
+
+    def search_orders(self, state: OrderState | None, logical_no: str | None,
+                      pki_no: int | None, since_ms: int | None, until_ms: int | None,
+                      limit: int) -> Deferred[list[tuple[Order, Load | None]]]:
+        """Orders (newest first) with their loads, by any of the filters given."""
+
+        def txn(cur: Cursor) -> list[tuple[Order, Load | None]]:
+            sql = f"SELECT {_ORDER} FROM orders WHERE 1 = 1"
+            params: list[object] = []
+            for clause, value in (("state = ?", state.value if state else None),
+                                  ("logical_no = ?", logical_no), ("pki_no = ?", pki_no),
+                                  ("created_ms >= ?", since_ms), ("created_ms < ?", until_ms)):
+                if value is not None:
+                    sql += f" AND {clause}"
+                    params.append(value)
+            sql += " ORDER BY created_ms DESC, order_no DESC LIMIT ?"
+            params.append(limit)
+            out = []
+            for row in cur.execute(sql, params).fetchall():
+                order = _order(row)
+                load = cur.execute(f"SELECT {_LOAD} FROM loads WHERE order_no = ?",
+                                   (order.order_no,)).fetchone()
+                out.append((order, None if load is None else _load(load)))
+            return out
+
+        return self.db.runInteraction("search orders", txn)
+
+    def entries(self, reference: str) -> Deferred[list[tuple[str, int, list[tuple[str, int]]]]]:
+        """The journal entries that name a reference (an order, or PLATFORM:BIZ of a payment):
+        (kind, at_ms, postings)."""
+
+        def txn(cur: Cursor) -> list[tuple[str, int, list[tuple[str, int]]]]:
+            out = []
+            for entry, kind, at in cur.execute(
+                    "SELECT id, kind, at_ms FROM journal_entries WHERE reference = ? ORDER BY id",
+                    (reference,)).fetchall():
+                postings = [(str(a), int(m)) for a, m in cur.execute(
+                    "SELECT account, amount FROM postings WHERE entry_id = ? ORDER BY account",
+                    (entry,)).fetchall()]
+                out.append((str(kind), int(at), postings))
+            return out
+
+        return self.db.runInteraction("entries", txn)
+
     # -- the card registry --------------------------------------------------------------------
 
     def register_card(self, card: IssuedCard, now_ms: int) -> Deferred[bool]:
