@@ -93,6 +93,9 @@ class IPKI(Interface):
     def revoke(pki_no: int) -> Deferred[bool]:
         """Mark the card revoked and end its session; C{False} if there is no such card."""
 
+    def enable(pki_no: int) -> Deferred[bool]:
+        """Make a revoked card active again (it signs in anew); C{False} if there is none."""
+
     def cards() -> Deferred[list[PKICard]]:
         """Every registered card, by number."""
 

@@ -127,3 +127,39 @@ def test_operators_see_orders_loads_in_doubt_and_one_order_whole(tmp_path: Path)
         assert missing.returncode == 1 and "no order" in one_line(missing)
     finally:
         d.stop()
+
+
+def test_platforms_and_a_revoked_terminal_enabled_again(tmp_path: Path) -> None:
+    from tests.support import Daemon
+
+    d = Daemon(tmp_path / "data", ["--no-demo"]).start()
+    try:
+        data = str(d.data_dir)
+        assert admin("--data-dir", data, "platform", "list").stdout.split() == [
+            "0", "active", "consignment", "merchants"]
+        assert admin("--data-dir", data, "platform", "add", "8", "bike share").returncode == 0
+        again = admin("--data-dir", data, "platform", "add", "8", "twice")
+        assert again.returncode == 1 and "exists already" in one_line(again)
+        assert admin("--data-dir", data, "platform", "add", "0", "x").returncode == 1
+        assert admin("--data-dir", data, "platform", "disable", "8").returncode == 0
+        assert "8  disabled  bike share" in admin("--data-dir", data, "platform", "list").stdout
+        assert admin("--data-dir", data, "platform", "enable", "8").returncode == 0
+        assert admin("--data-dir", data, "platform", "disable", "9").returncode == 1
+        # a terminal revoked by mistake signs in again once enabled
+        key = tmp_path / "t.json"
+        assert admin("--data-dir", data, "terminal", "register", "--pki", "4711", "--user-id",
+                     "TERMINAL-0004711", "--generate", str(key)).returncode == 0
+        flows = f"127.0.0.1:{d.flows_port}"
+
+        def signin() -> int:
+            return terminal("--data-dir", str(tmp_path), "--flows", flows, "--key-file",
+                            str(key), "signin").returncode
+
+        assert signin() == 0
+        assert admin("--data-dir", data, "terminal", "revoke", "4711").returncode == 0
+        assert signin() == 1
+        assert admin("--data-dir", data, "terminal", "enable", "4711").returncode == 0
+        assert signin() == 0
+        assert admin("--data-dir", data, "terminal", "enable", "1").returncode == 1
+    finally:
+        d.stop()

@@ -9,7 +9,9 @@ ledger as the daemon (and may run while the daemon runs: every change is one tra
     key create|show                  the platform key pair (show prints the public key only)
     terminal register --pki N --user-id ID (--generate KEYFILE | --public-key HEX)
                       [--key-version V]
-    terminal revoke N
+    terminal revoke N | enable N      (enable: a revoked card may sign in again)
+    platform add N NAME | list | disable N | enable N
+                                     third-party platforms of the order API
     terminal list
     merchant add ID --rate PRODUCT=RATE [--rate ...]   (prints its AES and MD5 keys once)
     merchant list
@@ -65,6 +67,7 @@ from lnt.domain.records import (
     Order,
     OrderState,
     PKICard,
+    Platform,
 )
 from lnt.keyfiles import CardKeyFile, KeyFileError, PlatformKeys
 from lnt.storage.consignments import SQLConsignments
@@ -186,6 +189,39 @@ class Admin:
         if not result_of(self.pki().revoke(args.pki)):
             raise Refused(f"no PKI card {args.pki}")
         print(f"revoked PKI card {args.pki}; its session is ended")
+
+    def terminal_enable(self, args: argparse.Namespace) -> None:
+        if not result_of(self.pki().enable(args.pki)):
+            raise Refused(f"no PKI card {args.pki}")
+        print(f"PKI card {args.pki} is active again; it signs in anew")
+
+    def platform_add(self, args: argparse.Namespace) -> None:
+        if not 0 < args.platform_no <= 2**31 - 1:
+            raise Refused("the platform number is 1..2147483647 (0 is the consignment "
+                          "merchants')")
+        if not args.name.strip():
+            raise Refused("the platform needs a name")
+        if not result_of(self.ledger().add_platform(Platform(args.platform_no,
+                                                             args.name.strip()))):
+            raise Refused(f"platform {args.platform_no} exists already")
+        print(f"platform {args.platform_no} ({args.name.strip()}) added")
+
+    def platform_list(self, args: argparse.Namespace) -> None:
+        for p in result_of(self.ledger().platforms()):
+            print(f"{p.platform_no:>10}  {'active' if p.active else 'disabled':<9} {p.name}")
+
+    def platform_disable(self, args: argparse.Namespace) -> None:
+        self._platform_active(args.platform_no, False)
+
+    def platform_enable(self, args: argparse.Namespace) -> None:
+        self._platform_active(args.platform_no, True)
+
+    def _platform_active(self, platform_no: int, active: bool) -> None:
+        if platform_no == 0:
+            raise Refused("platform 0 is the consignment merchants'; disable merchants instead")
+        if not result_of(self.ledger().set_platform_active(platform_no, active)):
+            raise Refused(f"no platform {platform_no}")
+        print(f"platform {platform_no} {'enabled' if active else 'disabled'}")
 
     def terminal_list(self, args: argparse.Namespace) -> None:
         cards = result_of(self.pki().cards())
@@ -510,7 +546,24 @@ def build_parser() -> argparse.ArgumentParser:
     rev = ts.add_parser("revoke", help="revoke a PKI card and end its session")
     rev.add_argument("pki", type=int)
     rev.set_defaults(run=Admin.terminal_revoke)
+    ena = ts.add_parser("enable", help="make a revoked PKI card active again")
+    ena.add_argument("pki", type=int)
+    ena.set_defaults(run=Admin.terminal_enable)
     ts.add_parser("list", help="list PKI cards").set_defaults(run=Admin.terminal_list)
+
+    plat = sub.add_parser("platform", help="the order API's third-party platforms")
+    ps_ = plat.add_subparsers(dest="action", required=True)
+    padd = ps_.add_parser("add", help="register a platform")
+    padd.add_argument("platform_no", type=int)
+    padd.add_argument("name")
+    padd.set_defaults(run=Admin.platform_add)
+    ps_.add_parser("list", help="platforms and their state").set_defaults(
+        run=Admin.platform_list)
+    for action, run, text in (("disable", Admin.platform_disable, "refuse its calls"),
+                              ("enable", Admin.platform_enable, "accept its calls again")):
+        cmd = ps_.add_parser(action, help=text)
+        cmd.add_argument("platform_no", type=int)
+        cmd.set_defaults(run=run)
 
     merchant = sub.add_parser("merchant", help="consignment merchants")
     ms = merchant.add_subparsers(dest="action", required=True)

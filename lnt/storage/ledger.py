@@ -242,6 +242,22 @@ class SQLLedger:
 
         return self.db.runInteraction("add_platform", txn)
 
+    def platforms(self) -> Deferred[list[Platform]]:
+        def txn(cur: Cursor) -> list[Platform]:
+            return [Platform(int(n), str(name), bool(active)) for n, name, active in
+                    cur.execute("SELECT platform_no, name, active FROM platforms ORDER BY"
+                                " platform_no").fetchall()]
+
+        return self.db.runInteraction("platforms", txn)
+
+    def set_platform_active(self, platform_no: int, active: bool) -> Deferred[bool]:
+        def txn(cur: Cursor) -> bool:
+            cur.execute("UPDATE platforms SET active = ? WHERE platform_no = ?",
+                        (int(active), platform_no))
+            return cur.rowcount > 0
+
+        return self.db.runInteraction("set_platform_active", txn)
+
     def register_payment(
         self, platform_no: int, biz_serial_no: str, money: int, user_id: str, pki_no: int,
         fingerprint: str, now_ms: int,

@@ -73,6 +73,14 @@ class LedgerPKI:
 
         return self.db.runInteraction("pki revoke", txn)
 
+    def enable(self, pki_no: int) -> Deferred[bool]:
+        def txn(cur: Cursor) -> bool:
+            cur.execute("UPDATE pki_cards SET status = ?, revoked_ms = NULL WHERE pki_no = ?",
+                        (CardStatus.ACTIVE.value, pki_no))
+            return cur.rowcount > 0
+
+        return self.db.runInteraction("pki enable", txn)
+
     def card_for_user(self, user_id: bytes) -> Deferred[PKICard | None]:
         def txn(cur: Cursor) -> PKICard | None:
             row = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards WHERE user_id = ? AND"
