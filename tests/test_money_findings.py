@@ -115,6 +115,13 @@ def test_5_a_refused_orders_payment_is_listed_and_refunded(daemon: Daemon) -> No
     assert listed.returncode == 0, listed.stdout + listed.stderr
     row = re.search(r"payment without order\s+(7:ORPHAN1)\s+(\d+) fen", listed.stdout)
     assert row and row.group(2) == "100000", listed.stdout
+    import json
+
+    listed_payments = json.loads(tool("lnt-admin", "payments", "--without-order", "--json",
+                                      data=data).stdout)
+    assert [(p["payment"], p["money"], p["order"]) for p in listed_payments] == [
+        ("7:ORPHAN1", 100000, None)]
+    assert "exceeds the card limit" in listed_payments[0]["refusal"]
     refused = tool("lnt-admin", "payment", "refund", "7:ORPHAN1", "--reason", "", data=data)
     assert refused.returncode == 1  # no refund without a reason
     done = tool("lnt-admin", "payment", "refund", "7:ORPHAN1", "--reason",
@@ -122,6 +129,8 @@ def test_5_a_refused_orders_payment_is_listed_and_refunded(daemon: Daemon) -> No
     assert done.returncode == 0 and "100000 fen refunded by alice" in done.stdout, done.stderr
     after = tool("lnt-admin", "check", data=data)
     assert after.returncode == 0 and "ORPHAN1" not in after.stdout
+    text = tool("lnt-admin", "payments", data=data).stdout
+    assert "7:ORPHAN1" in text and "refunded" in text
     accounts = check(data)
     assert accounts["platform:7:receivable"] == 0 and accounts["orders:awaiting-load"] == 0
     again = tool("lnt-admin", "payment", "refund", "7:ORPHAN1", "--reason", "twice", data=data)

@@ -29,6 +29,7 @@ ledger as the daemon (and may run while the daemon runs: every change is one tra
     loads --in-doubt [--json]        the loads the cards have not proven (what check lists)
     load resolve ORDER --settle|--reverse --reason TEXT [--operator NAME]
                                      an operator's audited decision on a load in doubt
+    payments [--platform N] [--without-order] [--limit N] [--json]
     payment refund PLATFORM:BIZ_SERIAL_NO --reason TEXT [--operator NAME]
                                      refund a payment that has no order (audited)
     reconcile --date YYYYMMDD [--platform N] [--csv FILE]
@@ -425,6 +426,25 @@ class Admin:
         print(f"order {load.order_no}: {load.amount} fen {what} by {args.operator}: "
               f"{args.reason.strip()}")
 
+    def payments(self, args: argparse.Namespace) -> None:
+        rows = result_of(self.ledger().search_payments(args.platform, args.without_order,
+                                                       args.limit))
+        views = [{"payment": f"{r['platform_no']}:{r['biz_serial_no']}", "money": r["money"],
+                  "terminal": r["pki_no"], "created": _china(int(str(r["created_ms"]))),
+                  "order": r["order_no"], "order_state": r["order_state"],
+                  "refusal": r["refusal"] or None,
+                  "refunded": None if r["refunded_ms"] is None else
+                  _china(int(str(r["refunded_ms"])))} for r in rows]
+        if args.json:
+            print(json.dumps(views, indent=1))
+            return
+        for v in views:
+            fate = (f"order {v['order']} ({v['order_state']})" if v["order"] else
+                    f"refunded {v['refunded']}" if v["refunded"] else
+                    f"no order: {v['refusal'] or 'none made yet'}")
+            print(f"{v['payment']:<32} {v['money']:>9} fen  {v['created']}  {fate}")
+        print(f"{len(views)} payments")
+
     def payment_refund(self, args: argparse.Namespace) -> None:
         platform, sep, biz = args.payment.partition(":")
         if not sep or not platform.isdigit() or not biz:
@@ -626,6 +646,13 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--reason", required=True, help="why (stored with the decision)")
     res.add_argument("--operator", default=_operator(), help="who decides [login name]")
     res.set_defaults(run=Admin.load_resolve)
+    pays = sub.add_parser("payments", help="third parties' payments, newest first")
+    pays.add_argument("--platform", type=int, help="only this platform")
+    pays.add_argument("--without-order", action="store_true",
+                      help="only payments no order was made for (refund candidates)")
+    pays.add_argument("--limit", type=int, default=100, help="at most this many [100]")
+    pays.add_argument("--json", action="store_true", help="JSON, for scripts")
+    pays.set_defaults(run=Admin.payments)
     pay = sub.add_parser("payment", help="third parties' payments")
     ps = pay.add_subparsers(dest="action", required=True)
     ref = ps.add_parser("refund", help="refund a payment without an order (audited)")

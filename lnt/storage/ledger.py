@@ -478,6 +478,29 @@ class SQLLedger:
 
         return self.db.runInteraction("search orders", txn)
 
+    def search_payments(self, platform_no: int | None, without_order: bool, limit: int
+                        ) -> Deferred[list[dict[str, object]]]:
+        """Payments (newest first): who paid what, its order if any, its refusal or refund."""
+
+        def txn(cur: Cursor) -> list[dict[str, object]]:
+            sql = ("SELECT p.platform_no, p.biz_serial_no, p.money, p.pki_no, p.created_ms,"
+                   " p.refusal, p.refunded_ms, o.order_no, o.state FROM payments p LEFT JOIN"
+                   " orders o ON o.platform_no = p.platform_no AND o.biz_serial_no ="
+                   " p.biz_serial_no WHERE 1 = 1")
+            params: list[object] = []
+            if platform_no is not None:
+                sql += " AND p.platform_no = ?"
+                params.append(platform_no)
+            if without_order:
+                sql += " AND o.order_no IS NULL"
+            sql += " ORDER BY p.created_ms DESC LIMIT ?"
+            params.append(limit)
+            columns = ("platform_no, biz_serial_no, money, pki_no, created_ms, refusal,"
+                       " refunded_ms, order_no, order_state")
+            return [by_name(columns, row) for row in cur.execute(sql, params).fetchall()]
+
+        return self.db.runInteraction("search payments", txn)
+
     def entries(self, reference: str) -> Deferred[list[tuple[str, int, list[tuple[str, int]]]]]:
         """The journal entries that name a reference (an order, or PLATFORM:BIZ of a payment):
         (kind, at_ms, postings)."""
