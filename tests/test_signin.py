@@ -141,14 +141,43 @@ def test_identity_refusals_answer_a1(platform: Platform, case: str) -> None:
     else:  # the reader holds another key than the one registered
         platform.card()
         card = replace(platform.card(pki_no=2, register=False), pki_no=PKI)
+    audited = len(platform.backends.query("SELECT id FROM signins"))
     rs = platform.signin(Reader(card), user=user)
     expected_stage = 0xDD06 if case == "key" else 0xDD04
     assert outcome(rs) == (expected_stage, InfoCode.NO_PUBLIC_KEY)
+    assert platform.session() is None
+    if case == "unknown":  # counted, not stored: anyone can send these
+        assert len(platform.backends.query("SELECT id FROM signins")) == audited
+        return
     reason = platform.last_signin()[1]
-    assert {"unknown": "unknown PKI card", "revoked": "revoked", "user": "not bound",
+    assert {"revoked": "revoked", "user": "not bound",
             "version": "key version 2, registered 1",
             "key": "signature of R_AC_LOGIN_1"}[case] in reason
-    assert platform.session() is None
+
+
+def test_unknown_cards_do_not_grow_the_ledger(platform: Platform) -> None:
+    from twisted.logger import ILogObserver, globalLogPublisher
+    from zope.interface import provider
+
+    from lnt.flows.signin import UNKNOWN_SUMMARY_EVERY
+
+    lines: list[str] = []
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        if "refusals of unknown PKI cards" in str(event.get("log_format")):
+            lines.append(str(event.get("n")))
+
+    platform.clock.advance(UNKNOWN_SUMMARY_EVERY)  # whatever other tests counted is summed up
+    globalLogPublisher.addObserver(observe)
+    try:
+        for pki_no in range(100, 108):
+            card = platform.card(pki_no=pki_no, register=False)
+            assert outcome(platform.signin(Reader(card)))[1] == InfoCode.NO_PUBLIC_KEY
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert platform.backends.query("SELECT id FROM signins") == []
+    assert len(lines) == 1  # one summary line in the minute, not one line per refusal
 
 
 def test_replayed_dd05_is_refused(platform: Platform) -> None:

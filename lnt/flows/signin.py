@@ -44,6 +44,9 @@ from lnt.wire import InfoCode, Request, encode_bcd, header_name
 DD03, DD05, DD07 = 0xDD03, 0xDD05, 0xDD07
 
 
+#: seconds between two summary lines of refused unknown PKI cards
+UNKNOWN_SUMMARY_EVERY = 60.0
+
 class SignInFlow(FlowProtocol):
     name = "sign-in"
 
@@ -148,10 +151,32 @@ class SignInFlow(FlowProtocol):
             )
 
     async def _refuse(self, pki_no: int | None, user_id: bytes, reason: str) -> NoReturn:
-        """End the flow with A1; the reason goes to the log and the audit table only."""
+        """
+        End the flow with A1; the reason goes to the log and, for a registered card, to the
+        audit table. Refusals of unknown cards are counted, not stored: anyone can send them,
+        and a row each would let unauthenticated traffic grow the ledger without bound.
+        """
+        if pki_no is None:
+            self._count_unknown()
+            raise FlowError(InfoCode.NO_PUBLIC_KEY, reason)
         await self.backend(
             self.context.ledger.record_signin(pki_no, user_id, reason, self.context.now_ms()),
             "record sign-in",
         )
         raise FlowError(InfoCode.NO_PUBLIC_KEY, reason)
+
+    #: refusals of unknown PKI cards since the last summary line, and when that was
+    _unknown = 0
+    _unknown_logged = -UNKNOWN_SUMMARY_EVERY
+
+    def _count_unknown(self) -> None:
+        cls = type(self)
+        cls._unknown += 1
+        now = self.context.clock.seconds()
+        # (a clock behind the last line is another clock: a test's, or the system's set back)
+        if now - cls._unknown_logged >= UNKNOWN_SUMMARY_EVERY or now < cls._unknown_logged:
+            self.log.warn("sign-in: {n} refusals of unknown PKI cards (not stored; at most one "
+                          "such line every {every:.0f} s)", n=cls._unknown,
+                          every=UNKNOWN_SUMMARY_EVERY)
+            cls._unknown, cls._unknown_logged = 0, now
 
