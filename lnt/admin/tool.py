@@ -396,15 +396,10 @@ class Admin:
     def loads(self, args: argparse.Namespace) -> None:
         if not args.in_doubt:
             raise Refused("give --in-doubt (settled and reversed loads are listed by `orders`)")
-        risks = [r for r in result_of(self.ledger().money_at_risk(int(time.time() * 1000)))
-                 if r.what == "load in doubt"]
-        ledger = self.ledger()
-        rows = []
-        for r in risks:
-            load = result_of(ledger.load(r.reference))
-            order = result_of(ledger.order(r.reference))
-            assert load is not None and order is not None
-            rows.append(_order_view(order, load))
+        # a load in doubt is a pending load, and its order is pending with it
+        found = result_of(self.ledger().search_orders(OrderState.PENDING, None, None, None, None,
+                                                      10_000))
+        rows = [_order_view(order, load) for order, load in found]
         if args.json:
             print(json.dumps(rows, indent=1))
             return

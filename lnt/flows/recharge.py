@@ -144,7 +144,8 @@ class RechargeFlow(SecureFlow):
             assert load is not None and load.new_balance is not None
             self.log.info("recharge: order {order} was loaded already: its record again",
                           order=order_no)
-            self.finish(dd13, InfoCode.SUCCESS, self._record(load), header=DD22)
+            self.finish(dd13, InfoCode.SUCCESS, self._record(load, load.new_balance),
+                        header=DD22)
             return
 
         if order.state is OrderState.PENDING:
@@ -344,10 +345,11 @@ class RechargeFlow(SecureFlow):
         self.log.info("recharge: order {order} reversed: the card shows no load",
                       order=load.order_no)
 
-    def _record(self, load: Load) -> bytes:
-        assert load.new_balance is not None
-        return record(load.order_no, load.pki_no, load.logical_no, load.amount,
-                      load.new_balance)
+    @staticmethod
+    def _record(load: Load, balance: int | None) -> bytes:
+        """DD22's record of a settled load, with the balance after it."""
+        assert balance is not None
+        return record(load.order_no, load.pki_no, load.logical_no, load.amount, balance)
 
     async def _read_back(self, request: Request, load: Load, *, resumed: bool = False,
                          settled: Load | None = None, m1_key: bytes | None = None
@@ -415,10 +417,7 @@ class RechargeFlow(SecureFlow):
     def _answer(self, dd21: Request, load: Load, decision: Decision) -> None:
         """End the flow of the load's own order with what the read-back decided."""
         if decision.verdict is Verdict.SETTLE:
-            assert decision.new_balance is not None
-            self.finish(dd21, InfoCode.SUCCESS, record(load.order_no, load.pki_no,
-                                                       load.logical_no, load.amount,
-                                                       decision.new_balance))
+            self.finish(dd21, InfoCode.SUCCESS, self._record(load, decision.new_balance))
             return
         if decision.verdict is Verdict.REVERSE:
             raise FlowError(InfoCode.REVERSAL_DONE, f"order {load.order_no} reversed")

@@ -85,6 +85,7 @@ class Engine:
         raise NotImplementedError
 
     def pool(self, target: str) -> adbapi.ConnectionPool:
+        """A pool of connections for the daemon (SQLite has its L{GroupCommitWriter} instead)."""
         raise NotImplementedError
 
     def describe(self, target: str) -> str:
@@ -125,14 +126,6 @@ class SqliteEngine(Engine):
         conn = sqlite3.connect(target, isolation_level=None, timeout=10)
         self.setup(conn)
         return conn
-
-    def pool(self, target: str) -> adbapi.ConnectionPool:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        # One connection: SQLite serialises writers anyway, and one writer thread keeps every
-        # transaction of this daemon in order (Synapse does the same).
-        return adbapi.ConnectionPool("sqlite3", target, check_same_thread=False,
-                                     isolation_level=None, timeout=10, cp_min=1, cp_max=1,
-                                     cp_openfun=self.setup)
 
     def describe(self, target: str) -> str:
         return f"sqlite://{target}"
