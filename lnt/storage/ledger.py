@@ -458,23 +458,23 @@ class SQLLedger:
         """Orders (newest first) with their loads, by any of the filters given."""
 
         def txn(cur: Cursor) -> list[tuple[Order, Load | None]]:
-            sql = f"SELECT {_ORDER} FROM orders WHERE 1 = 1"
+            o_cols = ", ".join(f"o.{c.strip()}" for c in _ORDER.split(","))
+            l_cols = ", ".join(f"l.{c.strip()}" for c in _LOAD.split(","))
+            sql = (f"SELECT {o_cols}, {l_cols} FROM orders o LEFT JOIN loads l ON"
+                   " l.order_no = o.order_no WHERE 1 = 1")
             params: list[object] = []
-            for clause, value in (("state = ?", state.value if state else None),
-                                  ("logical_no = ?", logical_no), ("pki_no = ?", pki_no),
-                                  ("created_ms >= ?", since_ms), ("created_ms < ?", until_ms)):
+            for clause, value in (("o.state = ?", state.value if state else None),
+                                  ("o.logical_no = ?", logical_no), ("o.pki_no = ?", pki_no),
+                                  ("o.created_ms >= ?", since_ms),
+                                  ("o.created_ms < ?", until_ms)):
                 if value is not None:
                     sql += f" AND {clause}"
                     params.append(value)
-            sql += " ORDER BY created_ms DESC, order_no DESC LIMIT ?"
+            sql += " ORDER BY o.created_ms DESC, o.order_no DESC LIMIT ?"
             params.append(limit)
-            out = []
-            for row in cur.execute(sql, params).fetchall():
-                order = _order(row)
-                load = cur.execute(f"SELECT {_LOAD} FROM loads WHERE order_no = ?",
-                                   (order.order_no,)).fetchone()
-                out.append((order, None if load is None else _load(load)))
-            return out
+            width = len(_ORDER.split(","))
+            return [(_order(row[:width]), None if row[width] is None else _load(row[width:]))
+                    for row in cur.execute(sql, params).fetchall()]
 
         return self.db.runInteraction("search orders", txn)
 
