@@ -21,12 +21,13 @@ messages are neither readable nor changeable on the way (docs/protocol.rst, "Sec
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from hashlib import sha256
 
-from Crypto.Cipher import AES
-from Crypto.Hash import SHA256
-from Crypto.Protocol.KDF import HKDF
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 CLA = 0xBB
 HEADER_SIZE = 5
@@ -43,19 +44,17 @@ class SMError(ValueError):
 
 @dataclass(frozen=True)
 class SMKeys:
-    enc: bytes
-    mac: bytes
+    enc: bytes = field(repr=False)
+    mac: bytes = field(repr=False)
 
     @classmethod
     def from_session(cls, session_key: bytes) -> SMKeys:
-        enc = HKDF(session_key, 16, b"", SHA256, 1, b"LNT-SM-ENC")
-        mac = HKDF(session_key, 16, b"", SHA256, 1, b"LNT-SM-MAC")
-        assert isinstance(enc, bytes) and isinstance(mac, bytes)
-        return cls(enc, mac)
+        return _derive(session_key)
 
     def _crypt(self, direction: bytes, seq: int, data: bytes) -> bytes:
-        nonce = direction + seq.to_bytes(4, "big") + bytes(3)
-        return bytes(AES.new(self.enc, AES.MODE_CTR, nonce=nonce).encrypt(data))
+        # the nonce and a counter block starting at zero make the 16-byte initial counter
+        counter = direction + seq.to_bytes(4, "big") + bytes(11)
+        return Cipher(algorithms.AES(self.enc), modes.CTR(counter)).encryptor().update(data)
 
     def _mac(self, *parts: bytes) -> bytes:
         return hmac.new(self.mac, b"".join(parts), sha256).digest()[:MAC_SIZE]
@@ -112,6 +111,18 @@ class SMKeys:
         if seq is not None and got != seq:
             raise SMError("answer is for another command")
         return got, self._crypt(direction, got, body[4:]), sw
+
+
+@lru_cache(maxsize=4096)
+def _derive(session_key: bytes) -> SMKeys:
+    """The keys of one session key, derived once: a session's flows (and the reader, for each
+    command) ask again and again. OpenSSL's HKDF (the C{cryptography} package) costs a tenth of
+    pycryptodome's; the cache holds a few thousand live sessions' keys."""
+
+    def hkdf(info: bytes) -> bytes:
+        return HKDF(hashes.SHA256(), 16, b"", info).derive(session_key)
+
+    return SMKeys(hkdf(b"LNT-SM-ENC"), hkdf(b"LNT-SM-MAC"))
 
 
 def refusal(size: int, sw: bytes) -> bytes:

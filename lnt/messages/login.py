@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 
-from Crypto.Hash import SHA256
-from Crypto.Protocol.KDF import HKDF
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lnt.crypto.ec import PrivateKey, ecdh, public_raw
 
@@ -221,8 +221,8 @@ def shared_secret(private: PrivateKey, peer_public: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class SessionKeys:
-    session_key: bytes
-    confirm_key: bytes
+    session_key: bytes = field(repr=False)
+    confirm_key: bytes = field(repr=False)
 
     def confirm(self, t: bytes, counter: int) -> bytes:
         """The 16-byte key confirmation the card returns in its block."""
@@ -235,8 +235,7 @@ def derive_keys(z: bytes, rc: bytes, serial: bytes, t: bytes) -> SessionKeys:
     HKDF-SHA256(Z, salt = Rc | S, info = L_KEYS | SHA-256(T)) -> a 16-byte session key and a
     32-byte confirmation key.
     """
-    okm = HKDF(z, 48, rc + serial, SHA256, 1, LABEL_KEYS + sha256(t).digest())
-    assert isinstance(okm, bytes)
+    okm = HKDF(hashes.SHA256(), 48, rc + serial, LABEL_KEYS + sha256(t).digest()).derive(z)
     return SessionKeys(okm[:SESSION_KEY_SIZE], okm[SESSION_KEY_SIZE:])
 
 

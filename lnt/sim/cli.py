@@ -86,10 +86,18 @@ class Terminal:
     platform: int
     transit_card: str | None
     out: Any = sys.stdout
+    #: keep the reader's state, the card and the orders in memory only (the load generator:
+    #: its terminals live as long as its process, and fsyncing them would make it the
+    #: bottleneck it must not be)
+    volatile: bool = False
 
     def __post_init__(self) -> None:
-        self.reader = Reader(self.card, self.data_dir / "reader-state.json",
-                             self.present(self.transit_card))
+        card = self.present(self.transit_card)
+        if self.volatile and card is not None:
+            card.path = None
+        self.reader = Reader(self.card, None if self.volatile
+                             else self.data_dir / "reader-state.json", card)
+        self._orders: dict[str, int] = {}
 
     def present(self, logical_no: str | None) -> Card | None:
         """Put a virtual card on the reader's antenna."""
@@ -152,12 +160,17 @@ class Terminal:
         return self.data_dir / "terminal-orders.json"
 
     def remember(self, order_no: str, amount: int) -> None:
+        if self.volatile:
+            self._orders[order_no] = amount
+            return
         path = self._orders_path()
         known = json.loads(path.read_text()) if path.exists() else {}
         known[order_no] = amount
         path.write_text(json.dumps(known, indent=1))
 
     def remembered(self, order_no: str) -> int | None:
+        if self.volatile:
+            return self._orders.get(order_no)
         path = self._orders_path()
         known = json.loads(path.read_text()) if path.exists() else {}
         value = known.get(order_no)

@@ -172,7 +172,7 @@ def terminals_for(provisioned: list[tuple[Path, str]], host: str, port: int, htt
     for data, logical in provisioned:
         key = CardKeyFile.load(data / "key.json")
         out.append(Terminal(data, host, port, http, timeout, key.user_id, key, platform,
-                            logical, out=_Discard()))
+                            logical, out=_Discard(), volatile=True))
     return out
 
 
