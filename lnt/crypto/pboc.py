@@ -20,6 +20,8 @@ L{tdes} falls back to DES for them (the published session-key vector uses one).
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
+from typing import Any
 
 from Crypto.Cipher import DES, DES3
 
@@ -30,9 +32,16 @@ def tdes(key: bytes, block: bytes) -> bytes:
     """Two-key 3DES-ECB encryption of whole blocks (DES when both halves are equal)."""
     if len(key) != 16:
         raise ValueError("3DES key must be 16 bytes")
+    return bytes(_ecb(key).encrypt(block))
+
+
+@lru_cache(maxsize=64)
+def _ecb(key: bytes) -> Any:
+    """An ECB cipher per key, kept: making one costs more than using it (pycryptodome fixes
+    the key's parity each time), and the issuer's master keys are used for every load."""
     if key[:8] == key[8:]:
-        return bytes(DES.new(key[:8], DES.MODE_ECB).encrypt(block))  # noqa: S304 - PBOC
-    return bytes(DES3.new(key, DES3.MODE_ECB).encrypt(block))
+        return DES.new(key[:8], DES.MODE_ECB)  # noqa: S304 - PBOC
+    return DES3.new(key, DES3.MODE_ECB)
 
 
 def diversify(master: bytes, card_id: bytes) -> bytes:

@@ -93,11 +93,21 @@ class Terminal:
 
     def __post_init__(self) -> None:
         card = self.present(self.transit_card)
+        self._card_path = None if card is None else card.path
         if self.volatile and card is not None:
             card.path = None
-        self.reader = Reader(self.card, None if self.volatile
-                             else self.data_dir / "reader-state.json", card)
+        self.reader = Reader(self.card, self.data_dir / "reader-state.json", card,
+                             volatile=self.volatile)
         self._orders: dict[str, int] = {}
+
+    def persist(self) -> None:
+        """Write a volatile terminal's card and reader state to its files (at the end of a
+        load generator's run: the next run goes on from there, as the real card would)."""
+        card = self.reader.presented
+        if card is not None and self._card_path is not None:
+            card.path = self._card_path
+            card.save()
+        self.reader.save()
 
     def present(self, logical_no: str | None) -> Card | None:
         """Put a virtual card on the reader's antenna."""

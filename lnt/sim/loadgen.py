@@ -140,9 +140,13 @@ async def run(reactor: Any, terminals: list[Any], sessions: int, flow: str, dura
                 continue
             stats.flows[kind].append(time.perf_counter() - t0)
 
-    await defer.gatherResults([defer.Deferred.fromCoroutine(worker(t, i))
-                               for i, t in enumerate(terminals)])
-    return time.perf_counter() - started
+    try:
+        await defer.gatherResults([defer.Deferred.fromCoroutine(worker(t, i))
+                                   for i, t in enumerate(terminals)])
+        return time.perf_counter() - started
+    finally:
+        for term in terminals:
+            term.persist()
 
 
 def report(stats: Stats, wall: float, daemon_cpu: float | None, own_cpu: float,

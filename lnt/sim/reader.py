@@ -108,8 +108,10 @@ class ReaderSession:
 
 class Reader:
     def __init__(self, card: CardKeyFile, state_path: Path | None = None,
-                 presented: Card | None = None) -> None:
+                 presented: Card | None = None, volatile: bool = False) -> None:
         self.card = card
+        #: keep changes in memory until L{save} is called (the load generator's terminals)
+        self.volatile = volatile
         #: the transit card on the reader's antenna, if any
         self.presented = presented
         self.state_path = state_path
@@ -143,7 +145,11 @@ class Reader:
             self.session = ReaderSession(state["session"]["serial"],
                                          bytes.fromhex(state["session"]["key"]))
 
-    def _save(self) -> None:
+    def _changed(self) -> None:
+        if not self.volatile:
+            self.save()
+
+    def save(self) -> None:
         if self.state_path is None:
             return
         content = {
@@ -236,7 +242,7 @@ class Reader:
         # The session is the reader's once the platform confirms (DD08 success); until then
         # it is pending.
         self.pending = ReaderSession(serial, keys.session_key)
-        self._save()
+        self._changed()
         return answer.encode()
 
     # -- protected commands (recharge, open/close card) ---------------------------------------
@@ -257,7 +263,7 @@ class Reader:
         if seq <= self.last_seq:
             return refusal(size, SW_SECURITY)  # a replayed or stale command
         self.last_seq = seq
-        self._save()
+        self._changed()
         if ins == Ins.DEPOSIT_PROCESS:
             self._deposit_process(plaintext)
             return b""
@@ -366,7 +372,7 @@ class Reader:
         if sm is None or card is None:
             return refusal(SIZE[DD73], SW_CONDITIONS)
         self.deposit_seq += 1
-        self._save()
+        self._changed()
         purse = PurseType.CPU if isinstance(card, CPUCard) else PurseType.M1
         init = DepositInit(op, card.logical_no, card.physical, card.deposit_flag, purse, _now(),
                            ReaderStatus.OK)
@@ -379,4 +385,4 @@ class Reader:
             # and commands sealed under the old key no longer open
             self.session, self.pending = self.pending, None
             self.last_seq = 0
-            self._save()
+            self._changed()
