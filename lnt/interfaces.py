@@ -225,6 +225,12 @@ class ILedger(Interface):
         answer is a replay).
         """
 
+    def begin_signin(pki_no: int, card_random: bytes, now_ms: int) -> Deferred[str | None]:
+        """
+        L{note_card_random} then, for a fresh random, L{next_serial}, in one transaction: the
+        new handshake serial, or C{None} when the card used this random before (a replay).
+        """
+
     def open_session(
         pki_no: int,
         user_id: bytes,
@@ -237,7 +243,8 @@ class ILedger(Interface):
         """
         Record a completed sign-in, in one transaction: the card's sign-in counter must go up
         (else C{None}: a stale or cloned card), the card must still be active (else C{None}),
-        and the new session replaces any older one of the card.
+        the new session replaces any older one of the card, and the sign-in is in the audit
+        log (outcome C{"ok"}).
         """
 
     def session(pki_no: int, now_ms: int) -> Deferred[Session | None]:
@@ -295,6 +302,16 @@ class ILedger(Interface):
         Never the same number twice for one session key (AES-CTR nonces depend on it).
         Errbacks with L{lnt.domain.records.NotFound} when the session was replaced meanwhile.
         """
+
+    def secure_session(pki_no: int, now_ms: int, count: int
+                       ) -> Deferred[tuple[Session, int] | None]:
+        """
+        L{session} and L{reserve_sm_seq} in one transaction: the card's live session and the
+        first of C{count} sequence numbers reserved for it, or C{None} (no live session).
+        """
+
+    def order_and_pending(order_no: str) -> Deferred[tuple[Order | None, Load | None]]:
+        """The order (if any) and the load in doubt on its card (if any), read together."""
 
     def begin_load(load: Load) -> Deferred[Load]:
         """

@@ -95,7 +95,7 @@ class RechargeFlow(SecureFlow):
 
     async def run(self, dd11: Request) -> None:
         ctx = self.context
-        session = await self.require_session(dd11)
+        session = await self.require_secure_session(dd11)
         info = self.expect_info(dd11, SIZE[0xDD11], "order")
         if info[0] != APPLICATION_MERCHANT_LOAD:
             raise FlowError(InfoCode.APPLICATION_TYPE_UNKNOWN, f"application type {info[0]:02X}")
@@ -104,7 +104,8 @@ class RechargeFlow(SecureFlow):
             order_no = decode_bcd(info[5:15])
         except ValueError:
             raise FlowError(InfoCode.ORDER_NOT_FOUND, "order number is not BCD") from None
-        order: Order | None = await self.backend(ctx.ledger.order(order_no), "order")
+        # the order, and the load in doubt on its card if any (checked again when a load begins)
+        order, earlier = await self.backend(ctx.ledger.order_and_pending(order_no), "order")
         if order is None:
             raise FlowError(InfoCode.ORDER_NOT_FOUND, f"no order {order_no}")
         if order.amount != amount:
@@ -113,7 +114,6 @@ class RechargeFlow(SecureFlow):
         if order.state is OrderState.REVERSED:
             raise FlowError(InfoCode.REVERSAL_DONE, f"order {order_no} was reversed already")
 
-        await self._start_sm(session)
         tid = terminal_id(session.pki_no)
 
         # DD12 / DD13: which card is on the reader?
@@ -159,7 +159,6 @@ class RechargeFlow(SecureFlow):
 
         # At most one load per card in doubt: an earlier one is read back and resolved first,
         # and this order waits for the next DD11 (DD: busy, send again; A4: still in doubt).
-        earlier = await self.backend(ctx.ledger.pending_load(order.logical_no), "pending load")
         if earlier is not None and earlier.order_no != order_no:
             self.log.info("recharge: order {order} waits: the card has order {earlier} in doubt;"
                           " reading it back first", order=order_no, earlier=earlier.order_no)

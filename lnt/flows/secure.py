@@ -29,6 +29,23 @@ class SecureFlow(FlowProtocol):
     sm: SMKeys
     _seqs: Iterator[int]
 
+    async def require_secure_session(self, request: Request) -> Session:
+        """
+        L{require_session} and L{_start_sm} in one ledger transaction (one trip to the writer
+        instead of two): the live session, with secure messaging under its keys ready.
+        """
+        found = await self.backend(
+            self.context.ledger.secure_session(request.pki, self.context.now_ms(),
+                                               SEQS_PER_FLOW), "session")
+        if found is None or found[0].user_id != request.user_id:
+            raise FlowError(InfoCode.NOT_SIGNED_IN,
+                            f"no live session for PKI {request.pki} and this user ID")
+        session, first = found
+        self.pki = session.pki_no
+        self.sm = SMKeys.from_session(session.session_key)
+        self._seqs = iter(range(first, first + SEQS_PER_FLOW))
+        return session
+
     async def _start_sm(self, session: Session) -> None:
         self.sm = SMKeys.from_session(session.session_key)
         try:

@@ -84,12 +84,11 @@ class SignInFlow(FlowProtocol):
         if not verify(card.public_key, signed, a1.signature):
             await self._refuse(card.pki_no, user_id, "card signature of R_AC_LOGIN_1 is wrong")
         now = ctx.now_ms()
-        fresh = await self.backend(
-            ctx.ledger.note_card_random(card.pki_no, a1.card_random, now), "note card random"
+        serial = await self.backend(
+            ctx.ledger.begin_signin(card.pki_no, a1.card_random, now), "begin sign-in"
         )
-        if not fresh:
+        if serial is None:
             await self._refuse(card.pki_no, user_id, "R_AC_LOGIN_1 answer replayed")
-        serial = await self.backend(ctx.ledger.next_serial(card.pki_no, now), "next serial")
 
         # DD06 / DD07: the platform proves itself; the card confirms the session key.
         serial_bcd = encode_bcd(serial, 8)
@@ -133,8 +132,6 @@ class SignInFlow(FlowProtocol):
                 f"sign-in counter {a2.counter} not above the last accepted (cloned card?) "
                 "or card revoked meanwhile",
             )
-        await self.backend(ctx.ledger.record_signin(card.pki_no, user_id, "ok", ctx.now_ms()),
-                           "record sign-in")
         self.log.info("sign-in: PKI card {pki} signed in, serial {serial}", pki=card.pki_no,
                       serial=serial)
         self.finish(dd07, InfoCode.SUCCESS)

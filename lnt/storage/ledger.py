@@ -100,31 +100,19 @@ class SQLLedger:
     # -- sessions -----------------------------------------------------------------------------
 
     def next_serial(self, pki_no: int, now_ms: int) -> Deferred[str]:
-        def txn(cur: Cursor) -> str:
-            row = cur.execute(
-                "INSERT INTO handshake_serials (pki_no, created_ms) VALUES (?, ?) RETURNING serial",
-                (pki_no, now_ms),
-            ).fetchone()
-            assert row is not None
-            return str(int(row[0])).rjust(SERIAL_DIGITS, "0")
-
-        return self.db.runInteraction("next_serial", txn)
+        return self.db.runInteraction("next_serial", _next_serial, pki_no, now_ms)
 
     def note_card_random(self, pki_no: int, card_random: bytes, now_ms: int) -> Deferred[bool]:
-        def txn(cur: Cursor) -> bool:
-            seen = cur.execute(
-                "SELECT 1 FROM card_randoms WHERE pki_no = ? AND card_random = ?",
-                (pki_no, card_random),
-            ).fetchone()
-            if seen:
-                return False
-            cur.execute(
-                "INSERT INTO card_randoms (pki_no, card_random, at_ms) VALUES (?, ?, ?)",
-                (pki_no, card_random, now_ms),
-            )
-            return True
+        return self.db.runInteraction("note_card_random", _note_card_random, pki_no,
+                                      card_random, now_ms)
 
-        return self.db.runInteraction("note_card_random", txn)
+    def begin_signin(self, pki_no: int, card_random: bytes, now_ms: int) -> Deferred[str | None]:
+        def txn(cur: Cursor) -> str | None:
+            if not _note_card_random(cur, pki_no, card_random, now_ms):
+                return None
+            return _next_serial(cur, pki_no, now_ms)
+
+        return self.db.runInteraction("begin_signin", txn)
 
     def open_session(
         self,
@@ -152,6 +140,7 @@ class SQLLedger:
                 " expires_ms) VALUES (?, ?, ?, ?, ?, ?)",
                 (pki_no, user_id.hex(), serial, sealed, now_ms, now_ms + ttl_ms),
             )
+            _record_signin(cur, pki_no, user_id, "ok", now_ms)
             return Session(pki_no, user_id, serial, session_key, now_ms, now_ms + ttl_ms)
 
         return self.db.runInteraction("open_session", txn)
@@ -193,13 +182,8 @@ class SQLLedger:
     def record_signin(
         self, pki_no: int | None, user_id: bytes, outcome: str, now_ms: int
     ) -> Deferred[None]:
-        def txn(cur: Cursor) -> None:
-            cur.execute(
-                "INSERT INTO signins (pki_no, user_id, outcome, at_ms) VALUES (?, ?, ?, ?)",
-                (pki_no, user_id.hex(), outcome, now_ms),
-            )
-
-        return self.db.runInteraction("record_signin", txn)
+        return self.db.runInteraction("record_signin", _record_signin, pki_no, user_id, outcome,
+                                      now_ms)
 
     def sessions(self) -> Deferred[dict[int, tuple[str, int]]]:
         """Every card's session, expired or not: pki_no -> (serial, expires_ms)."""
@@ -358,6 +342,41 @@ class SQLLedger:
             return int(row[0]) - count + 1
 
         return self.db.runInteraction("reserve_sm_seq", txn)
+
+    def secure_session(self, pki_no: int, now_ms: int, count: int
+                       ) -> Deferred[tuple[Session, int] | None]:
+        def txn(cur: Cursor) -> tuple[tuple[Any, ...], int] | None:
+            row = cur.execute(
+                f"SELECT {self._SESSION_COLUMNS} FROM sessions s WHERE pki_no = ?"
+                " AND expires_ms > ? AND EXISTS (SELECT 1 FROM pki_cards c"
+                " WHERE c.pki_no = s.pki_no AND c.status = ?)",
+                (pki_no, now_ms, CardStatus.ACTIVE.value),
+            ).fetchone()
+            if row is None:
+                return None
+            seq = cur.execute("UPDATE sessions SET sm_seq = sm_seq + ? WHERE pki_no = ?"
+                              " RETURNING sm_seq", (count, pki_no)).fetchone()
+            assert seq is not None
+            return row, int(seq[0]) - count + 1
+
+        def opened(found: tuple[tuple[Any, ...], int] | None) -> tuple[Session, int] | None:
+            if found is None:
+                return None
+            session = self._session(found[0], now_ms)
+            return None if session is None else (session, found[1])
+
+        return self.db.runInteraction("secure_session", txn).addCallback(opened)
+
+    def order_and_pending(self, order_no: str) -> Deferred[tuple[Order | None, Load | None]]:
+        def txn(cur: Cursor) -> tuple[Order | None, Load | None]:
+            row = cur.execute(f"SELECT {_ORDER} FROM orders WHERE order_no = ?",
+                              (order_no,)).fetchone()
+            if row is None:
+                return None, None
+            order = _order(row)
+            return order, _pending_load(cur, order.logical_no)
+
+        return self.db.runInteraction("order_and_pending", txn)
 
     def pending_load(self, logical_no: str) -> Deferred[Load | None]:
         def txn(cur: Cursor) -> Load | None:
@@ -672,6 +691,31 @@ class SQLLedger:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _next_serial(cur: Cursor, pki_no: int, now_ms: int) -> str:
+    row = cur.execute(
+        "INSERT INTO handshake_serials (pki_no, created_ms) VALUES (?, ?) RETURNING serial",
+        (pki_no, now_ms),
+    ).fetchone()
+    assert row is not None
+    return str(int(row[0])).rjust(SERIAL_DIGITS, "0")
+
+
+def _note_card_random(cur: Cursor, pki_no: int, card_random: bytes, now_ms: int) -> bool:
+    seen = cur.execute("SELECT 1 FROM card_randoms WHERE pki_no = ? AND card_random = ?",
+                       (pki_no, card_random)).fetchone()
+    if seen:
+        return False
+    cur.execute("INSERT INTO card_randoms (pki_no, card_random, at_ms) VALUES (?, ?, ?)",
+                (pki_no, card_random, now_ms))
+    return True
+
+
+def _record_signin(cur: Cursor, pki_no: int | None, user_id: bytes, outcome: str,
+                   now_ms: int) -> None:
+    cur.execute("INSERT INTO signins (pki_no, user_id, outcome, at_ms) VALUES (?, ?, ?, ?)",
+                (pki_no, user_id.hex(), outcome, now_ms))
 
 
 def payment_refunded(cur: Cursor, platform_no: int, biz_serial_no: str) -> bool:
