@@ -21,7 +21,8 @@ import hashlib
 import json
 from typing import Any
 
-from Crypto.Cipher import DES3
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 
 class EnvelopeError(ValueError):
@@ -32,17 +33,21 @@ def envelope_key(timestamp: int) -> bytes:
     return hashlib.md5(str(timestamp).encode()).digest()  # noqa: S324 - the protocol's choice
 
 
-def _cipher(timestamp: int) -> Any:
-    try:
-        return DES3.new(envelope_key(timestamp), DES3.MODE_ECB)
-    except ValueError:
-        # MD5 halves equal: 3DES degenerates to DES, which pycryptodome refuses.
-        raise EnvelopeError(f"timestamp {timestamp} gives a degenerate 3DES key") from None
+def _cipher(timestamp: int) -> Cipher[modes.ECB]:
+    key = envelope_key(timestamp)
+    if key[:8] == key[8:]:
+        # MD5 halves equal: 3DES degenerates to DES (pycryptodome, the first implementation
+        # here, refused such keys; so do we)
+        raise EnvelopeError(f"timestamp {timestamp} gives a degenerate 3DES key")
+    # OpenSSL's 3DES (cryptography's "decrepit" module: the protocol's choice, not ours) is
+    # three times faster than pycryptodome's, whose key set-up dominates two calls a request
+    # (two-key 3DES written out as K1 K2 K1, as OpenSSL wants it)
+    return Cipher(TripleDES(key + key[:8]), modes.ECB())  # noqa: S305 - the protocol's mode
 
 
 def encrypt(timestamp: int, plaintext: bytes, upper: bool = True) -> str:
     padded = plaintext + b"\x00" * (-len(plaintext) % 8)
-    hexed: str = bytes(_cipher(timestamp).encrypt(padded)).hex()
+    hexed: str = _cipher(timestamp).encryptor().update(padded).hex()
     return hexed.upper() if upper else hexed
 
 
@@ -53,7 +58,7 @@ def decrypt(timestamp: int, data: str) -> bytes:
         raise EnvelopeError("data is not hex") from None
     if not raw or len(raw) % 8:
         raise EnvelopeError("data is not a whole number of 3DES blocks")
-    return bytes(_cipher(timestamp).decrypt(raw)).rstrip(b"\x00")
+    return _cipher(timestamp).decryptor().update(raw).rstrip(b"\x00")
 
 
 def compact(fields: list[tuple[str, Any]] | dict[str, Any], ascii_only: bool = False) -> str:
