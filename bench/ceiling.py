@@ -4,7 +4,10 @@ request/response round trips per connection with DD frames of the recharge's siz
 else (no SQL, no crypto, no flow logic). ``make bench`` runs it in the same run as the daemon
 and prints the ratio; a recharge can never be faster than this.
 
-    python -m bench.ceiling serve      # a server on an OS-chosen loopback port (prints it)
+    python -m bench.ceiling serve      # servers on OS-chosen loopback ports (prints them)
+
+``serve`` also runs a bare twisted.web resource (the HTTP ceiling): it reads a POST body and
+answers 190 bytes of JSON, as the order API's answers are long, with nothing in between.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.web import resource, server
 
 from lnt.wire import FlowIndicator, FrameDecoder, InfoCode, Request, Response, response_header
 
@@ -90,15 +94,29 @@ async def measure(reactor: Any, port: int, sessions: int, concurrency: int
     return len(latencies) / wall, statistics.median(latencies) * 1000
 
 
+class Bare(resource.Resource):
+    isLeaf = True
+    ANSWER = b'{"status":1,"errmsg":"","data":"' + b"0" * 160 + b'"}'
+
+    def render_POST(self, request: Any) -> bytes:
+        request.content.read()
+        request.setHeader(b"content-type", b"application/json")
+        return self.ANSWER
+
+
 def serve() -> None:
+    """Print the DD echo server's port and the bare web server's port, one line."""
     from twisted.internet import reactor
 
-    factory = protocol.Factory.forProtocol(Echo)
+    dd = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(Echo))
+    web = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        server.Site(Bare()))
 
-    def listening(port: Any) -> None:
-        print(port.getHost().port, flush=True)
+    def listening(ports: list[Any]) -> None:
+        print(" ".join(str(p.getHost().port) for p in ports), flush=True)
 
-    TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory).addCallback(listening)
+    defer.gatherResults([dd, web]).addCallback(listening)
     reactor.run()
 
 

@@ -7,31 +7,61 @@ Benchmarks (`make bench`): figures for the README and docs, never assertions in 
     CreateAutoLoadOrder over HTTP, then DD11-DD22) at several concurrencies, with p50/p95/p99,
     the daemon's and the generator's CPU per session;
  3. the ceiling in the same run: bare Twisted with the recharge's six round trips and frame
-    sizes (bench/ceiling.py), and the ratio recharge sessions/s / ceiling sessions/s.
+    sizes (bench/ceiling.py), and the ratio recharge sessions/s / ceiling sessions/s;
+ 4. HTTP calls per second: the order API (AcctQueryLNT, a whole enveloped call with its ledger
+    reads) and the consignment API (/v2_tocard repeated: signature, lookup, the stored answer)
+    against a bare twisted.web resource;
+ 5. scale: 10,000 idle terminal connections held open, the daemon's RSS per connection, and
+    recharges served meanwhile;
+ 6. the same sign-ins and recharges on PostgreSQL (127.0.0.1:5432, database test, a schema of
+    its own that is dropped afterwards), when it is reachable;
+ 7. a plot of throughput and p99 against concurrency (with the `bench` extra's matplotlib).
 
-Every loop is bounded in count; the daemon runs in a temporary directory on ports the OS
-chooses, and is stopped at the end. Usage: python -m bench.run [--sessions N]
-[--concurrency C ...]
+Every loop is bounded in count; the daemons run in a temporary directory on ports the OS
+chooses, and are stopped at the end. Usage: python -m bench.run [--sessions N]
+[--concurrency C ...] [--idle N] [--plot PNG]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import defer, protocol, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from bench import ceiling
+from bench import ceiling, httpload
+from lnt.crypto import envelope
+from lnt.crypto.consignsign import encrypt_field, make_sign
 from lnt.wire import FrameDecoder, Request
 from tests.support import Daemon
 
 TOOLS = Path(sys.executable).parent
+#: the demo's order-API platform, which the load generator's terminals use
+DEMO_PLATFORM = 7
+POSTGRES = os.environ.get("LNT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@dataclass
+class Run:
+    ledger: str
+    flow: str
+    concurrency: int
+    rate: float
+    p99_ms: float
+    daemon_cpu_ms: float | None
+    report: str
 
 
 def codec(n: int = 100_000) -> str:
@@ -46,18 +76,22 @@ def codec(n: int = 100_000) -> str:
     return f"codec: {count / elapsed:,.0f} frames/s decoded ({len(frame)}-byte DD05 frames)"
 
 
-def loadgen(daemon: Daemon, work: Path, flow: str, sessions: int, concurrency: int
-            ) -> tuple[float, str]:
-    """(sessions/s, the generator's report) of one run of `lnt-terminal bench`."""
+def loadgen(daemon: Daemon, work: Path, ledger: str, flow: str, sessions: int,
+            concurrency: int, dsn: str | None = None) -> Run:
+    """One run of `lnt-terminal bench` against C{daemon}."""
     out = subprocess.run([str(TOOLS / "lnt-terminal"), "--data-dir", str(work), "bench",
                           "--provision", str(daemon.data_dir), "--flow", flow, "--sessions",
-                          str(sessions), "--concurrency", str(concurrency)],
+                          str(sessions), "--concurrency", str(concurrency),
+                          *(["--ledger", dsn] if dsn else [])],
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"lnt-terminal bench failed:\n{out.stdout}\n{out.stderr}")
-    match = re.match(r"([\d.]+) sessions/s", out.stdout)
-    assert match, out.stdout
-    return float(match.group(1)), out.stdout
+    rate = re.match(r"([\d.]+) sessions/s", out.stdout)
+    p99 = re.search(rf"flow {flow}: .* p99 ([\d.]+) ms", out.stdout)
+    cpu = re.search(r"daemon CPU: ([\d.]+) ms", out.stdout)
+    assert rate and p99, out.stdout
+    return Run(ledger, flow, concurrency, float(rate.group(1)), float(p99.group(1)),
+               float(cpu.group(1)) if cpu else None, out.stdout)
 
 
 def summary(report: str) -> str:
@@ -67,40 +101,249 @@ def summary(report: str) -> str:
     return "\n".join("    " + line.strip() for line in keep)
 
 
+def flows(daemon: Daemon, work: Path, ledger: str, args: argparse.Namespace, runs: list[Run],
+          ceilings: dict[int, float], dsn: str | None = None) -> None:
+    for concurrency in args.concurrency:
+        for flow in ("signin", "recharge"):
+            run = loadgen(daemon, work, ledger, flow, args.sessions, concurrency, dsn)
+            runs.append(run)
+            print(f"{ledger}: {flow}, {concurrency} terminals:\n{summary(run.report)}")
+            if flow == "recharge" and concurrency in ceilings:
+                print(f"    recharge / ceiling = {run.rate / ceilings[concurrency]:.3f}")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+
+async def order_api_request(reactor: Any, daemon: Daemon, work: Path) -> bytes:
+    """A valid AcctQueryLNT call of the load generator's first terminal (C{work}: its
+    directory), as bytes on the wire."""
+    from lnt.sim import loadgen as gen
+
+    provisioned = gen.provision(daemon.data_dir, work, 1)
+    term = gen.terminals_for(provisioned, "127.0.0.1", daemon.flows_port, daemon.http_url,
+                             15.0, DEMO_PLATFORM)[0]
+    serial = await term.session_serial(reactor)
+    client = term.client()
+    login = await client.appl_login(f"BENCH-{uuid.uuid4().hex[:12]}", 1)
+    reqinfo = client.read_card(login["toreader"])
+    captured: list[bytes] = []
+
+    async def capture(endpoint: str, message: dict[str, Any]) -> dict[str, Any]:
+        captured.append(json.dumps(message, separators=(",", ":"),
+                                   ensure_ascii=False).encode())
+        return {}
+
+    client.call = capture
+    await client.acct_query(serial, reqinfo)
+    term.persist()
+    return httpload.post("/AcctQueryLNT", captured[0], "application/json")
+
+
+def tocard_request(daemon: Daemon) -> bytes:
+    """A /v2_tocard of the demo merchant, made once; repeating it answers the stored order."""
+    import urllib.request
+
+    demo = json.loads((daemon.data_dir / "demo.json").read_text())
+    merchant, voucher = demo["merchant"], demo["vouchers"][0]
+    fields = {"customerId": merchant["customerId"], "timestamp": str(int(time.time())),
+              "orderId": f"BENCH{uuid.uuid4().hex[:10]}", "batchno": "B1",
+              "productCode": voucher["productCode"],
+              "cardNumber": encrypt_field(voucher["cardNumber"], merchant["aes_key"]),
+              "cardPassword": encrypt_field(voucher["cardPassword"], merchant["aes_key"]),
+              "amount": str(voucher["faceValue"]), "notify_url": "", "custom": "bench"}
+    fields["sign"] = make_sign(fields, merchant["md5_key"])
+    body = urllib.parse.urlencode(fields).encode()
+    with urllib.request.urlopen(f"{daemon.http_url}/v2_tocard", data=body, timeout=15) as r:
+        answer = json.loads(r.read())
+    if answer.get("code") != 1:
+        raise RuntimeError(f"/v2_tocard refused: {answer}")
+    return httpload.post("/v2_tocard", body, "application/x-www-form-urlencoded")
+
+
+async def http(reactor: Any, daemon: Daemon, work: Path, web_port: int, calls: int,
+               concurrency: int) -> None:
+    order = await order_api_request(reactor, daemon, work)
+    tocard = tocard_request(daemon)
+    bare_body = envelope.seal({"timestamp": int(time.time() * 1000), "version": "v2"},
+                              {"x": "y"})
+    bare = httpload.post("/bare", json.dumps(bare_body).encode(), "application/json")
+    top, statuses = await httpload.hammer(reactor, web_port, bare, calls, concurrency)
+    print(f"HTTP, {concurrency} keep-alive connections, {calls} calls each:")
+    print(f"    bare twisted.web resource: {top:,.0f} calls/s {statuses}")
+    for name, request in (("order API AcctQueryLNT", order), ("/v2_tocard (repeated)", tocard)):
+        rate, statuses = await httpload.hammer(reactor, daemon.http_port, request, calls,
+                                               concurrency)
+        print(f"    {name}: {rate:,.0f} calls/s {statuses}; / bare = {rate / top:.3f}")
+
+
+# -- idle connections --------------------------------------------------------------------------
+
+
+async def idle(reactor: Any, tmp: Path, args: argparse.Namespace) -> None:
+    daemon = Daemon(tmp / "idle", ["--max-connections", str(args.idle + 1000),
+                                   "--idle-timeout", "900"]).start()
+    conns: list[protocol.Protocol] = []
+    try:
+        loadgen(daemon, tmp / "idle-gen", "sqlite", "signin", 20, 4)  # warm up
+        before = rss_kib(daemon.proc.pid)  # type: ignore[union-attr]
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.flows_port)
+        start = time.perf_counter()
+        for first in range(0, args.idle, 200):
+            batch = [connectProtocol(endpoint, protocol.Protocol())
+                     for _ in range(first, min(first + 200, args.idle))]
+            conns.extend(await defer.gatherResults(batch))
+        opened = time.perf_counter() - start
+        await task.deferLater(reactor, 1.0, lambda: None)
+        after = rss_kib(daemon.proc.pid)  # type: ignore[union-attr]
+        print(f"idle connections: {len(conns):,} open in {opened:.1f} s; daemon RSS "
+              f"{before / 1024:.1f} -> {after / 1024:.1f} MiB, "
+              f"{(after - before) * 1024 / len(conns):,.0f} bytes per connection")
+        run = await defer.Deferred.fromCoroutine(_in_thread(
+            reactor, loadgen, daemon, tmp / "idle-gen", "sqlite", "recharge", args.sessions, 16))
+        alive = sum(1 for c in conns if c.transport is not None and c.connected)
+        print(f"    meanwhile, 16 terminals recharging:\n{summary(run.report)}\n"
+              f"    idle connections still open after the run: {alive:,}")
+    finally:
+        for c in conns:
+            if c.transport is not None:
+                c.transport.abortConnection()  # type: ignore[attr-defined]
+        daemon.stop()
+
+
+async def _in_thread(reactor: Any, f: Any, *args: Any) -> Any:
+    """Run a blocking call (the generator's subprocess) while the reactor keeps the idle
+    connections (their reads are what the daemon would otherwise see as dead peers)."""
+    from twisted.internet import threads
+
+    return await threads.deferToThread(f, *args)
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+def postgres_schema() -> tuple[str, str] | None:
+    """(dsn, schema) of a fresh schema, or None when PostgreSQL is not reachable."""
+    try:
+        import psycopg
+
+        conn = psycopg.connect(POSTGRES, connect_timeout=3, autocommit=True)
+    except Exception as e:
+        print(f"PostgreSQL at {POSTGRES} not reachable: skipped ({e})")
+        return None
+    schema = f"lnt_bench_{uuid.uuid4().hex[:10]}"
+    with conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in POSTGRES else "?"
+    return f"{POSTGRES}{sep}options={urllib.parse.quote(f'-csearch_path={schema}')}", schema
+
+
+def drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES, connect_timeout=3, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+# -- plot --------------------------------------------------------------------------------------
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    try:
+        import matplotlib  # type: ignore[import-not-found,unused-ignore]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        print("plot skipped: matplotlib is not installed (pip install -e '.[bench]')")
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for ledger in sorted({r.ledger for r in runs}):
+        for flow, style in (("recharge", "o-"), ("signin", "s--")):
+            mine = sorted((r for r in runs if (r.ledger, r.flow) == (ledger, flow)),
+                          key=lambda r: r.concurrency)
+            if not mine:
+                continue
+            xs = [r.concurrency for r in mine]
+            left.plot(xs, [r.rate for r in mine], style, label=f"{flow}, {ledger}")
+            right.plot(xs, [r.p99_ms for r in mine], style, label=f"{flow}, {ledger}")
+    for ax, title in ((left, "sessions/s"), (right, "p99 per session, ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent terminals")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("lnt-recharge on 2 cores, daemon and generator on one machine")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    print(f"plot: {path}")
+
+
+# -- the whole run -----------------------------------------------------------------------------
+
+
 async def bench(reactor: Any, args: argparse.Namespace) -> None:
     print(codec())
-    with tempfile.TemporaryDirectory(prefix="lnt-bench-") as tmp:
-        daemon = Daemon(Path(tmp) / "daemon").start()
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="lnt-bench-") as name:
+        tmp = Path(name)
         server = subprocess.Popen([sys.executable, "-m", "bench.ceiling", "serve"],
                                   stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None
-            port = int(server.stdout.readline())
-            work = Path(tmp) / "generator"
+            dd_port, web_port = (int(p) for p in server.stdout.readline().split())
+            ceilings: dict[int, float] = {}
             for concurrency in args.concurrency:
-                rate, report = loadgen(daemon, work, "signin", args.sessions, concurrency)
-                print(f"sign-in, {concurrency} terminals:\n{summary(report)}")
-                rate, report = loadgen(daemon, work, "recharge", args.sessions, concurrency)
-                print(f"recharge, {concurrency} terminals:\n{summary(report)}")
-                top, p50 = await ceiling.measure(reactor, port, args.sessions, concurrency)
+                top, p50 = await ceiling.measure(reactor, dd_port, args.sessions, concurrency)
+                ceilings[concurrency] = top
                 print(f"ceiling (bare Twisted, six round trips), {concurrency} at once: "
-                      f"{top:.1f} sessions/s, p50 {p50:.1f} ms; recharge / ceiling = "
-                      f"{rate / top:.3f}")
-            check = subprocess.run([str(TOOLS / "lnt-admin"), "--data-dir",
-                                    str(daemon.data_dir), "check"],
-                                   capture_output=True, text=True, timeout=120)
-            print("ledger check after the run:", check.stdout.strip().splitlines()[-1])
+                      f"{top:.1f} sessions/s, p50 {p50:.1f} ms")
+            daemon = Daemon(tmp / "daemon").start()
+            try:
+                flows(daemon, tmp / "generator", "sqlite", args, runs, ceilings)
+                await http(reactor, daemon, tmp / "generator" / "loadgen", web_port, args.calls, 16)
+                check = subprocess.run([str(TOOLS / "lnt-admin"), "--data-dir",
+                                        str(daemon.data_dir), "check"],
+                                       capture_output=True, text=True, timeout=120)
+                print("ledger check after the run:", check.stdout.strip().splitlines()[-1])
+            finally:
+                daemon.stop()
         finally:
             server.terminate()
             server.wait(10)
-            daemon.stop()
+        if args.idle:
+            await idle(reactor, tmp, args)
+        pg = postgres_schema()
+        if pg is not None:
+            dsn, schema = pg
+            daemon = Daemon(tmp / "pg", ["--ledger", dsn]).start()
+            try:
+                flows(daemon, tmp / "pg-generator", "postgres", args, runs, ceilings, dsn)
+            finally:
+                daemon.stop()
+                drop_schema(schema)
+    if args.plot:
+        plot(runs, Path(args.plot))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sessions", type=int, default=400, help="sessions per run [400]")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16],
-                   help="concurrent terminals, one run each [1 16]")
+    p.add_argument("--sessions", type=int, default=1000, help="sessions per run [1000]")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64],
+                   help="concurrent terminals, one run each [1 16 64]")
+    p.add_argument("--calls", type=int, default=5000, help="HTTP calls per endpoint [5000]")
+    p.add_argument("--idle", type=int, default=10_000,
+                   help="idle terminal connections to hold open (0: skip) [10000]")
+    p.add_argument("--plot", default="bench-throughput.png",
+                   help="where to write the plot ('' for none) [bench-throughput.png]")
     args = p.parse_args()
     task.react(lambda reactor: defer.Deferred.fromCoroutine(bench(reactor, args)))
 

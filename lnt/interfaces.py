@@ -51,6 +51,14 @@ class BackendTimeout(Exception):
     """A backend call did not answer within its time: the caller answers "system busy"."""
 
 
+class BackendBusy(BackendTimeout):
+    """
+    A ledger transaction lost its race with concurrent ones (PostgreSQL serialization
+    failures, SQLite locks) on every attempt: nothing was written, and the caller answers
+    "system busy" as for a timeout; the terminal or client repeats.
+    """
+
+
 def bounded(d: Deferred[T], seconds: float, clock: IReactorTime, what: str) -> Deferred[T]:
     """
     C{d}, a backend call, bounded in time: if it has not fired within C{seconds} it fails with

@@ -103,3 +103,35 @@ async def test_close_finishes_what_is_queued(path: Path) -> None:
     refused = db.runInteraction("late", insert, 99, "x")
     with pytest.raises(RuntimeError, match="not started"):
         await refused
+
+
+def test_a_transaction_that_always_loses_its_race_ends_busy_not_broken(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lnt.interfaces import BackendBusy, BackendTimeout
+    from lnt.storage import database
+    from lnt.storage.database import MAX_ATTEMPTS, SyncDatabase, result_of
+
+    monkeypatch.setattr(database, "backoff", lambda attempt: 0.0)
+    db = SyncDatabase(DSN.parse(f"sqlite://{path}"))
+    calls: list[int] = []
+
+    def always_locked(cur: Cursor) -> None:
+        calls.append(1)
+        cur.execute("INSERT INTO t (k, v) VALUES (?, ?)", (len(calls), "never"))
+        raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(BackendBusy, match="lost 10 races") as e:
+        result_of(db.runInteraction("always", always_locked))
+    # callers that answer "system busy" for a timeout answer it for this too
+    assert isinstance(e.value, BackendTimeout)
+    assert len(calls) == MAX_ATTEMPTS == 10
+    assert committed(path, 1) is None  # every attempt rolled back
+    db.close()
+
+
+def test_backoff_is_random_and_bounded() -> None:
+    from lnt.storage.database import backoff
+
+    waits = [backoff(a) for a in range(1, 11) for _ in range(50)]
+    assert all(0 <= w <= 0.32 for w in waits)
+    assert len(set(waits)) > 400

@@ -388,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--provision", type=Path, metavar="DAEMON-DATA-DIR",
                        help="register the generator's terminals and cards with lnt-admin in the "
                             "daemon's data directory (on this machine)")
+    bench.add_argument("--ledger", metavar="DSN",
+                       help="the daemon's ledger, for lnt-admin, when it is not the data "
+                            "directory's SQLite file (a postgresql:// DSN)")
     card = sub.add_parser("card", help="open or close the card online (DD73/DD74)")
     card.add_argument("operation", choices=["open", "close"])
     card.add_argument("--card", help="logical number of the virtual card on the reader")
@@ -418,7 +421,7 @@ def bench(args: argparse.Namespace) -> int:
     http = args.http or f"http://{listening['http'].get('host', '127.0.0.1')}:" \
         f"{listening['http']['port']}"
     provisioned = loadgen.provision(args.provision, args.data_dir / "loadgen",
-                                    args.concurrency)
+                                    args.concurrency, args.ledger)
     terminals = loadgen.terminals_for(provisioned, host, port, http, args.timeout,
                                       args.platform or 7)
     stats = loadgen.Stats()

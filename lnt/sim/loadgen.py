@@ -67,12 +67,15 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def provision(daemon_data: Path, work: Path, count: int) -> list[tuple[Path, str]]:
+def provision(daemon_data: Path, work: Path, count: int, ledger: str | None = None
+              ) -> list[tuple[Path, str]]:
     """
     C{count} terminals (PKI card key files) and CPU cards, registered with the daemon's ledger
-    through lnt-admin; (terminal directory, card logical number) each. Idempotent by number.
+    through lnt-admin (C{ledger}: the daemon's DSN when it is not the data directory's SQLite
+    file); (terminal directory, card logical number) each. Idempotent by number.
     """
-    admin = str(Path(sys.executable).with_name("lnt-admin"))
+    admin = [str(Path(sys.executable).with_name("lnt-admin")), "--data-dir", str(daemon_data),
+             *(["--ledger", ledger] if ledger else [])]
     core = CoreKeys.load(daemon_data / "core-keys.json")
     out = []
     for i in range(count):
@@ -80,7 +83,7 @@ def provision(daemon_data: Path, work: Path, count: int) -> list[tuple[Path, str
         (data / "cards").mkdir(parents=True, exist_ok=True)
         key = data / "key.json"
         if not key.exists():
-            subprocess.run([admin, "--data-dir", str(daemon_data), "terminal", "register",  # noqa: S603 - our own tool and arguments
+            subprocess.run([*admin, "terminal", "register",  # noqa: S603 - our own tool and arguments
                             "--pki", str(FIRST_PKI + i), "--user-id", f"LOADGEN-TERM{i:04d}",
                             "--generate", str(key)], check=True, capture_output=True,
                            timeout=60)
@@ -89,7 +92,7 @@ def provision(daemon_data: Path, work: Path, count: int) -> list[tuple[Path, str
         if not path.exists():
             card = cardissue.cpu_card(logical, core.master_load_key, core.master_tac_key)
             cardissue.write_card(data / "cards", card)
-            subprocess.run([admin, "--data-dir", str(daemon_data), "card", "register", "--kind",  # noqa: S603 - our own tool and arguments
+            subprocess.run([*admin, "card", "register", "--kind",  # noqa: S603 - our own tool and arguments
                             "cpu", "--logical", logical, "--physical",
                             cardissue.physical_number(card).hex()], check=True,
                            capture_output=True, timeout=60)
