@@ -52,16 +52,25 @@ class KeepAlive(protocol.Protocol):
             if head_end < 0:
                 return
             head = self.buffer[:head_end].decode("latin-1").split("\r\n")
-            length = 0
+            fields = {}
             for line in head[1:]:
                 name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            if len(self.buffer) < head_end + 4 + length:
-                return
+                fields[name.strip().lower()] = value.strip()
+            body_start = head_end + 4
+            if fields.get("transfer-encoding", "").lower() == "chunked":
+                # twisted.web streams a body it was not given at once in chunks; the last is
+                # empty (no trailers here)
+                end = self.buffer.find(b"0\r\n\r\n", body_start)
+                if end < 0:
+                    return
+                body_end = end + 5
+            else:
+                body_end = body_start + int(fields.get("content-length", "0"))
+                if len(self.buffer) < body_end:
+                    return
             status = int(head[0].split()[1])
             self.statuses[status] = self.statuses.get(status, 0) + 1
-            self.buffer = self.buffer[head_end + 4 + length:]
+            self.buffer = self.buffer[body_end:]
             self._next()
 
     def connectionLost(self, reason: Any = None) -> None:

@@ -132,8 +132,12 @@ async def order_api_request(reactor: Any, daemon: Daemon, work: Path) -> bytes:
                              15.0, DEMO_PLATFORM)[0]
     serial = await term.session_serial(reactor)
     client = term.client()
-    login = await client.appl_login(f"BENCH-{uuid.uuid4().hex[:12]}", 1)
+    # a whole recharge (no payment is left without its load), keeping the card's reading
+    biz = f"BENCH-{uuid.uuid4().hex[:12]}"
+    login = await client.appl_login(biz, 1)
     reqinfo = client.read_card(login["toreader"])
+    order = await client.create_order(biz, 1, serial, reqinfo)
+    await term.load(reactor, str(order["order"]), 1)
     captured: list[bytes] = []
 
     async def capture(endpoint: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +180,7 @@ async def http(reactor: Any, daemon: Daemon, work: Path, web_port: int, calls: i
                               {"x": "y"})
     bare = httpload.post("/bare", json.dumps(bare_body).encode(), "application/json")
     top, statuses = await httpload.hammer(reactor, web_port, bare, calls, concurrency)
-    print(f"HTTP, {concurrency} keep-alive connections, {calls} calls each:")
+    print(f"HTTP, {concurrency} keep-alive connections, {calls} calls in all:")
     print(f"    bare twisted.web resource: {top:,.0f} calls/s {statuses}")
     for name, request in (("order API AcctQueryLNT", order), ("/v2_tocard (repeated)", tocard)):
         rate, statuses = await httpload.hammer(reactor, daemon.http_port, request, calls,
@@ -188,8 +192,11 @@ async def http(reactor: Any, daemon: Daemon, work: Path, web_port: int, calls: i
 
 
 async def idle(reactor: Any, tmp: Path, args: argparse.Namespace) -> None:
+    # a listen backlog above Twisted's 50 (an endpoint option): connections arriving in bursts
+    # of 200 would otherwise wait for SYN retransmits
     daemon = Daemon(tmp / "idle", ["--max-connections", str(args.idle + 1000),
-                                   "--idle-timeout", "900"]).start()
+                                   "--idle-timeout", "900", "--flows",
+                                   "tcp:0:interface=127.0.0.1:backlog=1024"]).start()
     conns: list[protocol.Protocol] = []
     try:
         loadgen(daemon, tmp / "idle-gen", "sqlite", "signin", 20, 4)  # warm up
