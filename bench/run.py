@@ -123,8 +123,8 @@ def rss_kib(pid: int) -> int:
 
 
 async def order_api_request(reactor: Any, daemon: Daemon, work: Path) -> bytes:
-    """A valid AcctQueryLNT call of the load generator's first terminal (C{work}: its
-    directory), as bytes on the wire."""
+    """A valid AcctQueryLNT call (one order's record) of the load generator's first terminal
+    (C{work}: its directory), as bytes on the wire."""
     from lnt.sim import loadgen as gen
 
     provisioned = gen.provision(daemon.data_dir, work, 1)
@@ -146,7 +146,8 @@ async def order_api_request(reactor: Any, daemon: Daemon, work: Path) -> bytes:
         return {}
 
     client.call = capture
-    await client.acct_query(serial, reqinfo)
+    # the query of one order (the terminal's card has all the benchmark's orders by now)
+    await client.acct_query(serial, reqinfo, "cardnum,orderid", orderid=str(order["order"]))
     term.persist()
     return httpload.post("/AcctQueryLNT", captured[0], "application/json")
 

@@ -32,6 +32,12 @@ ledger as the daemon (and may run while the daemon runs: every change is one tra
     payments [--platform N] [--without-order] [--limit N] [--json]
     payment refund PLATFORM:BIZ_SERIAL_NO --reason TEXT [--operator NAME]
                                      refund a payment that has no order (audited)
+    consignments [--state S] [--merchant ID] [--since D] [--until D] [--limit N] [--json]
+    consignment show SYSTEM_ORDER_ID [--json]
+                                     merchants' consignments, with their notifications
+    notifications [--state pending|delivered|failed] [--reference REF] [--limit N] [--json]
+    notification retry ID --reason TEXT [--operator NAME]
+                                     send a failed notification again (audited)
     reconcile --date YYYYMMDD [--platform N] [--csv FILE]
                                      the day's loads by biz_serial_no, with totals
     plugin-cache                     regenerate Twisted's plugin cache (dropin.cache)
@@ -50,8 +56,9 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import lnt
 from lnt.domain.loads import Verdict
@@ -61,11 +68,11 @@ from lnt.domain.records import (
     AlreadyExists,
     CardKind,
     Conflict,
+    ConsignmentState,
     IssuedCard,
-    Load,
     LoadState,
     NotFound,
-    Order,
+    NotificationState,
     OrderState,
     PKICard,
     Platform,
@@ -77,6 +84,14 @@ from lnt.storage.ledger import SQLLedger
 from lnt.storage.migrations import migrate
 from lnt.storage.pkicards import LedgerPKI
 from lnt.storage.vouchers import VoucherIssuer
+from lnt.web.views import (
+    age,
+    china_time,
+    consignment_view,
+    notification_view,
+    order_view,
+    payment_view,
+)
 
 
 class Refused(Exception):
@@ -310,8 +325,8 @@ class Admin:
             print(f"money at risk: {len(risks)} items, {sum(r.amount for r in risks)} fen "
                   "(reported, not an inconsistency)")
             for r in risks:
-                age = _age(now - r.since_ms)
-                print(f"  {r.what:<22} {r.reference:<32} {r.amount:>9} fen  {age:>8}  {r.note}")
+                since = age(now - r.since_ms)
+                print(f"  {r.what:<22} {r.reference:<32} {r.amount:>9} fen  {since:>8}  {r.note}")
         if problems:
             for p in problems:
                 print(f"PROBLEM: {p}")
@@ -345,16 +360,10 @@ class Admin:
     def orders(self, args: argparse.Namespace) -> None:
         since = _day_ms(args.since, "--since") if args.since else None
         until = _day_ms(args.until, "--until") + 86_400_000 if args.until else None
-        state = None
-        if args.state:
-            try:
-                state = OrderState(args.state)
-            except ValueError:
-                raise Refused(f"--state is one of {', '.join(s.value for s in OrderState)}"
-                              ) from None
+        state = _choice(OrderState, args.state, "--state")
         found = result_of(self.ledger().search_orders(state, args.card, args.terminal, since,
                                                       until, args.limit))
-        rows = [_order_view(order, load) for order, load in found]
+        rows = [order_view(order, load) for order, load in found]
         if args.json:
             print(json.dumps(rows, indent=1))
             return
@@ -372,12 +381,12 @@ class Admin:
         if order is None:
             raise Refused(f"no order {args.order}")
         load = result_of(ledger.load(args.order))
-        view = _order_view(order, load)
-        view["entries"] = [{"kind": k, "at": _china(at), "postings": dict(p)} for k, at, p in
+        view = order_view(order, load)
+        view["entries"] = [{"kind": k, "at": china_time(at), "postings": dict(p)} for k, at, p in
                            result_of(ledger.entries(args.order))
                            + result_of(ledger.entries(view["payment"]))]
         view["decisions"] = [{"kind": k, "decision": d, "reason": r, "operator": o,
-                              "at": _china(at)} for k, d, r, o, at in
+                              "at": china_time(at)} for k, d, r, o, at in
                              result_of(ledger.decisions(args.order))]
         if args.json:
             print(json.dumps(view, indent=1))
@@ -399,7 +408,7 @@ class Admin:
         # a load in doubt is a pending load, and its order is pending with it
         found = result_of(self.ledger().search_orders(OrderState.PENDING, None, None, None, None,
                                                       10_000))
-        rows = [_order_view(order, load) for order, load in found]
+        rows = [order_view(order, load) for order, load in found]
         if args.json:
             print(json.dumps(rows, indent=1))
             return
@@ -424,12 +433,7 @@ class Admin:
     def payments(self, args: argparse.Namespace) -> None:
         rows = result_of(self.ledger().search_payments(args.platform, args.without_order,
                                                        args.limit))
-        views = [{"payment": f"{r['platform_no']}:{r['biz_serial_no']}", "money": r["money"],
-                  "terminal": r["pki_no"], "created": _china(int(str(r["created_ms"]))),
-                  "order": r["order_no"], "order_state": r["order_state"],
-                  "refusal": r["refusal"] or None,
-                  "refunded": None if r["refunded_ms"] is None else
-                  _china(int(str(r["refunded_ms"])))} for r in rows]
+        views = [payment_view(r) for r in rows]
         if args.json:
             print(json.dumps(views, indent=1))
             return
@@ -439,6 +443,61 @@ class Admin:
                     f"no order: {v['refusal'] or 'none made yet'}")
             print(f"{v['payment']:<32} {v['money']:>9} fen  {v['created']}  {fate}")
         print(f"{len(views)} payments")
+
+    def consignments_list(self, args: argparse.Namespace) -> None:
+        since = _day_ms(args.since, "--since") if args.since else None
+        until = _day_ms(args.until, "--until") + 86_400_000 if args.until else None
+        state = _choice(ConsignmentState, args.state, "--state")
+        found = result_of(self.consignments().search(state, args.merchant, since, until,
+                                                      args.limit))
+        views = [consignment_view(c) for c in found]
+        if args.json:
+            print(json.dumps(views, indent=1))
+            return
+        for v in views:
+            print(f"{v['system_order']:<24} {v['state']:<10} {v['merchant']:<10} "
+                  f"{v['order_id']:<24} {v['amount']:>8} fen  {v['voucher']:<20} "
+                  f"{v['created']}  {v['message']}")
+        print(f"{len(views)} consignments")
+
+    def consignment_show(self, args: argparse.Namespace) -> None:
+        store = self.consignments()
+        found = result_of(store.card_of(args.system_order))
+        if found is None:
+            raise Refused(f"no consignment {args.system_order}")
+        view = consignment_view(found[0])
+        view["notifications"] = [{"state": st, "attempts": n, "outcomes": outcomes}
+                                 for st, n, outcomes in
+                                 result_of(store.notifications(args.system_order))]
+        if args.json:
+            print(json.dumps(view, indent=1))
+            return
+        for key, value in view.items():
+            print(f"{key:<15} {value}")
+
+    def notifications_list(self, args: argparse.Namespace) -> None:
+        state = _choice(NotificationState, args.state, "--state")
+        rows = result_of(self.consignments().search_notifications(state, args.reference,
+                                                                  args.limit))
+        now = int(time.time() * 1000)
+        views = [notification_view(r, now) for r in rows]
+        if args.json:
+            print(json.dumps(views, indent=1))
+            return
+        for v in views:
+            print(f"{v['id']:>6}  {v['state']:<9} {v['attempts']:>2} attempts  "
+                  f"{v['reference']:<24} {v['age']:>8} old  {v['url']}  "
+                  f"{v['last_outcome'] or ''}")
+        print(f"{len(views)} notifications")
+
+    def notification_retry(self, args: argparse.Namespace) -> None:
+        try:
+            done = result_of(self.consignments().retry_notification(
+                args.id, args.reason, args.operator, int(time.time() * 1000)))
+        except (Conflict, NotFound) as e:
+            raise Refused(str(e)) from None
+        print(f"notification {done['id']} ({done['reference']}) will be sent again by the "
+              f"running daemon; retried by {args.operator}: {args.reason.strip()}")
 
     def payment_refund(self, args: argparse.Namespace) -> None:
         platform, sep, biz = args.payment.partition(":")
@@ -486,8 +545,6 @@ class Admin:
         print(f"plugin cache regenerated; {len(found)} plugins")
 
 
-def _china(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, CHINA).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _day_ms(text: str, name: str) -> int:
@@ -498,27 +555,20 @@ def _day_ms(text: str, name: str) -> int:
     return int(day.timestamp() * 1000)
 
 
-def _order_view(order: Order, load: Load | None) -> dict[str, Any]:
-    """An order as an operator sees it (the card number masked)."""
-    return {
-        "order": order.order_no, "state": order.state.value, "amount": order.amount,
-        "card": mask_card(order.logical_no), "card_kind": order.card_kind.value,
-        "terminal": order.pki_no, "payment": f"{order.platform_no}:{order.biz_serial_no}",
-        "created": _china(order.created_ms), "updated": _china(order.updated_ms),
-        "load": None if load is None else {
-            "state": load.state.value, "old_balance": load.old_balance,
-            "new_balance": load.new_balance, "terminal": load.pki_no,
-            "created": _china(load.created_ms)},
-    }
 
 
-def _age(ms: int) -> str:
-    seconds = max(0, ms // 1000)
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86_400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86_400}d{seconds % 86_400 // 3600:02d}h"
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _choice(kind: type[E], value: str | None, name: str) -> E | None:
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise Refused(f"{name} is one of {', '.join(k.value for k in kind)}") from None
 
 
 def _operator() -> str:
@@ -655,6 +705,33 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--reason", required=True, help="why (stored with the decision)")
     ref.add_argument("--operator", default=_operator(), help="who decides [login name]")
     ref.set_defaults(run=Admin.payment_refund)
+    cons = sub.add_parser("consignments", help="merchants' consignments, newest first")
+    cons.add_argument("--state", help="processing, success or failed")
+    cons.add_argument("--merchant", help="the merchant's customerId")
+    cons.add_argument("--since", help="YYYYMMDD, China time")
+    cons.add_argument("--until", help="YYYYMMDD, China time (that day included)")
+    cons.add_argument("--limit", type=int, default=100, help="at most this many [100]")
+    cons.add_argument("--json", action="store_true", help="JSON, for scripts")
+    cons.set_defaults(run=Admin.consignments_list)
+    con = sub.add_parser("consignment", help="one consignment")
+    cs_ = con.add_subparsers(dest="action", required=True)
+    cshow_ = cs_.add_parser("show", help="a consignment with its notifications")
+    cshow_.add_argument("system_order", help="the platform's systemOrderId")
+    cshow_.add_argument("--json", action="store_true", help="JSON, for scripts")
+    cshow_.set_defaults(run=Admin.consignment_show)
+    nots = sub.add_parser("notifications", help="the merchants' notification outbox")
+    nots.add_argument("--state", help="pending, delivered or failed")
+    nots.add_argument("--reference", help="a systemOrderId or top-up order")
+    nots.add_argument("--limit", type=int, default=100, help="at most this many [100]")
+    nots.add_argument("--json", action="store_true", help="JSON, for scripts")
+    nots.set_defaults(run=Admin.notifications_list)
+    note = sub.add_parser("notification", help="one notification")
+    ns = note.add_subparsers(dest="action", required=True)
+    retry = ns.add_parser("retry", help="send a failed notification again (audited)")
+    retry.add_argument("id", type=int, help="the notification's id (from notifications)")
+    retry.add_argument("--reason", required=True, help="why (stored with the decision)")
+    retry.add_argument("--operator", default=_operator(), help="who decides [login name]")
+    retry.set_defaults(run=Admin.notification_retry)
     rec = sub.add_parser("reconcile", help="the day's loads by biz_serial_no, with totals")
     rec.add_argument("--date", required=True, help="YYYYMMDD, China time")
     rec.add_argument("--platform", type=int, help="only this platform")

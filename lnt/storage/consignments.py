@@ -31,6 +31,7 @@ from lnt.domain.records import (
     ConsignmentState,
     InsufficientBalance,
     Merchant,
+    NotFound,
     Notification,
     NotificationState,
     Order,
@@ -39,6 +40,7 @@ from lnt.domain.records import (
 )
 from lnt.interfaces import IConsignments
 from lnt.storage.database import Cursor, Transactor, by_name
+from lnt.storage.decisions import decided
 from lnt.storage.journal import (
     ACCOUNT_CONSIGNMENT_FEES,
     ACCOUNT_VOUCHERS_OUTSTANDING,
@@ -49,6 +51,18 @@ from lnt.storage.orders import ORDER_COLUMNS, insert_order, insert_payment
 from lnt.storage.registry import issued_card
 
 BATCH_LIMIT = 2000
+
+
+def _filters(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause of the conditions whose value is given (C{("column", v)} means equal,
+    C{("column >=", v)} compares), and its parameters."""
+    parts, params = [], []
+    for condition, value in conditions:
+        if value is None:
+            continue
+        parts.append(condition + " ?" if " " in condition else condition + " = ?")
+        params.append(value)
+    return (" WHERE " + " AND ".join(parts) if parts else ""), params
 #: the pseudo platform of merchants' top-ups
 TOPUP_PLATFORM = 0
 _CONSIGNMENT = ("system_order_id, customer_id, order_id, batchno, product_code, amount,"
@@ -414,6 +428,83 @@ class SQLConsignments:
                         " id = ?", (attempts, state, next_ms, notification_id))
 
         return self.db.runInteraction("notification attempt", txn)
+
+    def search(self, state: ConsignmentState | None, customer_id: str | None,
+               since_ms: int | None, until_ms: int | None, limit: int
+               ) -> Deferred[list[Consignment]]:
+        """Consignments, newest first, filtered (for operators)."""
+
+        def txn(cur: Cursor) -> list[Consignment]:
+            where, params = _filters(("state", state.value if state else None),
+                                     ("customer_id", customer_id),
+                                     ("created_ms >=", since_ms), ("created_ms <", until_ms))
+            rows = cur.execute(f"SELECT {_CONSIGNMENT} FROM consignments{where} ORDER BY"
+                               " created_ms DESC, system_order_id DESC LIMIT ?",
+                               (*params, limit)).fetchall()
+            return [_consignment(r) for r in rows]
+
+        return self.db.runInteraction("search consignments", txn)
+
+    def search_notifications(self, state: NotificationState | None, reference: str | None,
+                             limit: int) -> Deferred[list[dict[str, Any]]]:
+        """The outbox, newest first: id, reference, url, state, attempts, next and created
+        times, and the last attempt's outcome (for operators)."""
+
+        def txn(cur: Cursor) -> list[dict[str, Any]]:
+            where, params = _filters(("state", state.value if state else None),
+                                     ("reference", reference))
+            columns = "id, reference, url, state, attempts, next_ms, created_ms"
+            rows = cur.execute(f"SELECT {columns} FROM notifications{where} ORDER BY id DESC"
+                               " LIMIT ?", (*params, limit)).fetchall()
+            out = []
+            for row in rows:
+                item = by_name(columns, row)
+                last = cur.execute("SELECT outcome FROM notify_attempts WHERE notification_id"
+                                   " = ? ORDER BY at_ms DESC LIMIT 1", (item["id"],)).fetchone()
+                item["last_outcome"] = None if last is None else str(last[0])
+                out.append(item)
+            return out
+
+        return self.db.runInteraction("search notifications", txn)
+
+    def outbox(self, now_ms: int) -> Deferred[dict[str, int]]:
+        """Pending notifications and the age of the oldest, in ms; failed ones (metrics)."""
+
+        def txn(cur: Cursor) -> dict[str, int]:
+            row = cur.execute("SELECT COUNT(*), MIN(created_ms) FROM notifications WHERE"
+                              " state = ?", (NotificationState.PENDING.value,)).fetchone()
+            failed = cur.execute("SELECT COUNT(*) FROM notifications WHERE state = ?",
+                                 (NotificationState.FAILED.value,)).fetchone()
+            assert row is not None and failed is not None
+            return {"pending": int(row[0]),
+                    "oldest_ms": 0 if row[1] is None else max(0, now_ms - int(row[1])),
+                    "failed": int(failed[0])}
+
+        return self.db.runInteraction("outbox", txn)
+
+    def retry_notification(self, notification_id: int, reason: str, operator: str,
+                           now_ms: int) -> Deferred[dict[str, Any]]:
+        """
+        Send a notification whose attempts all failed again, now, with a fresh set of
+        attempts (audited). Errbacks with L{NotFound} (no such notification) or L{Conflict}
+        (it is delivered, or still being tried).
+        """
+
+        def txn(cur: Cursor) -> dict[str, Any]:
+            row = cur.execute("SELECT reference, state FROM notifications WHERE id = ?",
+                              (notification_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no notification {notification_id}")
+            if NotificationState(row[1]) is not NotificationState.FAILED:
+                raise Conflict(f"notification {notification_id} is {row[1]}: only a failed one "
+                               "is retried")
+            cur.execute("UPDATE notifications SET state = ?, attempts = 0, next_ms = ? WHERE"
+                        " id = ?", (NotificationState.PENDING.value, now_ms, notification_id))
+            decided(cur, "notification", str(notification_id), "retry", reason, operator,
+                    now_ms)
+            return {"id": notification_id, "reference": str(row[0]), "state": "pending"}
+
+        return self.db.runInteraction("retry notification", txn)
 
     def notifications(self, reference: str) -> Deferred[list[tuple[str, int, list[str]]]]:
         """(state, attempts, outcomes) of a reference's notifications, for ops and tests."""

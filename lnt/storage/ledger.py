@@ -42,6 +42,7 @@ from lnt.domain.records import (
 from lnt.interfaces import ILedger
 from lnt.storage.consignments import notify_topup
 from lnt.storage.database import Cursor, Transactor, by_name
+from lnt.storage.decisions import decided
 from lnt.storage.journal import (
     ACCOUNT_AWAITING_LOAD,
     ACCOUNT_CARD_FLOAT,
@@ -615,7 +616,7 @@ class SQLLedger:
             state = LoadState.LOADED if verdict is Verdict.SETTLE else LoadState.REVERSED
             done = _finish(cur, self._sealer, order_no, state, None, decision.new_balance,
                            now_ms)
-            _decided(cur, "load", order_no, verdict.value, reason, operator, now_ms)
+            decided(cur, "load", order_no, verdict.value, reason, operator, now_ms)
             return done
 
         return self.db.runInteraction("resolve load", txn)
@@ -641,7 +642,7 @@ class SQLLedger:
                         " biz_serial_no = ?", (now_ms, platform_no, biz_serial_no))
             post(cur, "refund", f"{platform_no}:{biz_serial_no}", now_ms,
                  _refund_postings(platform_no, payment.user_id, payment.money))
-            _decided(cur, "payment", f"{platform_no}:{biz_serial_no}", "refund", reason,
+            decided(cur, "payment", f"{platform_no}:{biz_serial_no}", "refund", reason,
                      operator, now_ms)
             return payment
 
@@ -728,14 +729,6 @@ def _refund_postings(platform_no: int, user_id: str, money: int) -> list[tuple[s
     """A refund undoes the payment entry: the money goes back to who paid it."""
     payer = account_merchant(user_id) if platform_no == 0 else account_platform(platform_no)
     return [(ACCOUNT_AWAITING_LOAD, money), (payer, -money)]
-
-
-def _decided(cur: Cursor, kind: str, reference: str, decision: str, reason: str,
-             operator: str, now_ms: int) -> None:
-    """The audit of an operator's decision, in the transaction that carries it out."""
-    cur.execute("INSERT INTO decisions (kind, reference, decision, reason, operator, at_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?)", (kind, reference, decision, reason.strip()[:500],
-                                               operator[:100], now_ms))
 
 
 def _pending_load(cur: Cursor, logical_no: str) -> Load | None:
