@@ -204,6 +204,10 @@ class IConsignments(Interface):
                   retry_intervals: list[float], now_ms: int) -> Deferred[None]:
         """Record an attempt; schedule the next one or end it (delivered / failed)."""
 
+    def outbox(now_ms: int) -> Deferred[dict[str, int]]:
+        """C{{"pending", "oldest_ms", "failed"}}: the outbox's depth, the age of its oldest
+        pending notification, and how many were given up."""
+
 
 class ILedger(Interface):
     """

@@ -234,6 +234,26 @@ def test_a_notification_given_up_is_a_warning(shop: Merchant) -> None:
         warnings = [line for line in shop.daemon.log().splitlines()
                     if "#warn" in line and "given up" in line and system_id in line]
         assert len(warnings) == 1, shop.daemon.log()[-2000:]
+
+        # an operator sees it, and sends it again once the merchant's endpoint is fixed
+        data = shop.daemon.data_dir
+        failed = json.loads(admin(data, "notifications", "--state", "failed", "--json").stdout)
+        mine = [n for n in failed if n["reference"] == system_id]
+        assert len(mine) == 1 and mine[0]["attempts"] == 3 and "fail" in mine[0]["last_outcome"]
+        consigned = json.loads(admin(data, "consignments", "--merchant", shop.id, "--state",
+                                     "success", "--json").stdout)
+        assert [c["order_id"] for c in consigned if c["system_order"] == system_id] == ["GIVEUP"]
+        assert number not in json.dumps(consigned)  # the voucher's number stays masked
+        shown = json.loads(admin(data, "consignment", "show", system_id, "--json").stdout)
+        assert shown["notifications"][0]["state"] == "failed"
+        out = admin(data, "notification", "retry", str(mine[0]["id"]), "--reason",
+                    "merchant fixed its endpoint", "--operator", "ops1")
+        assert out.returncode == 0 and "sent again" in out.stdout, out.stderr
+        wait_for(lambda: outbox(data, system_id) == ("delivered", 1))
+        again = admin(data, "notification", "retry", str(mine[0]["id"]), "--reason", "twice")
+        assert again.returncode == 1 and "only a failed one" in again.stderr
+        assert admin(data, "notification", "retry", "999999", "--reason", "x").returncode == 1
+        assert admin(data, "notifications", "--state", "lost").returncode == 1
     finally:
         receiver.close()
 

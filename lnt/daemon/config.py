@@ -34,6 +34,14 @@ SETTINGS: tuple[Setting, ...] = (
             "endpoint for terminal (DD frame) connections, a Twisted endpoint string"),
     Setting("http", "tcp:8080:interface=127.0.0.1",
             "endpoint for the HTTP APIs (order, consignment, health)"),
+    Setting("admin", None,
+            "endpoint for the operators' console and /metrics (off unless given; e.g. "
+            "tcp:9090:interface=127.0.0.1, or ssl:... for TLS)"),
+    Setting("admin-token", None,
+            "file holding the console's access token (default: DATA-DIR/admin-token, created "
+            "at the first start)"),
+    Setting("backlog", "1024",
+            "listen backlog of tcp/ssl endpoints that do not set backlog= themselves", int),
     Setting("data-dir", "./lnt-data", "directory for the ledger, keys and demo.json"),
     Setting("ledger", None,
             "ledger DSN: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)"),
@@ -113,6 +121,9 @@ class Settings:
 
     flows: str
     http: str
+    admin: str | None
+    admin_token: Path | None
+    backlog: int
     data_dir: Path
     ledger: str | None
     key_file: Path | None
@@ -130,7 +141,7 @@ class Settings:
     demo: bool
 
 
-_PATHS = {"data_dir", "key_file", "core_key_file"}
+_PATHS = {"data_dir", "key_file", "core_key_file", "admin_token"}
 
 
 def resolve(command_line: Mapping[str, str | None], ini: Mapping[str, str]) -> Settings:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import signal
 import sqlite3
 from dataclasses import replace
@@ -40,6 +41,7 @@ from lnt.daemon.config import SETTINGS, ConfigError, Settings, read_ini, resolve
 from lnt.daemon.demo import provision
 from lnt.flows.context import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowRegistry, FlowUnavailable
+from lnt.jobs.moneygauges import MoneyGauges
 from lnt.jobs.notifier import Notifier
 from lnt.jobs.processor import Processor
 from lnt.jsonfile import write_json_atomically
@@ -52,9 +54,11 @@ from lnt.storage.pkicards import LedgerPKI
 from lnt.storage.vouchers import VoucherIssuer
 from lnt.web import consignapi, orderapi
 from lnt.web.consignapi import ConsignmentAPI
+from lnt.web.console import AdminAuth, Console, ConsoleBackends
 from lnt.web.health import Health
 from lnt.web.json import Root
 from lnt.web.limits import limited_request
+from lnt.web.metered import MeteredSite
 from lnt.web.orderapi import OrderAPI
 
 log = Logger()
@@ -119,6 +123,18 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
+def with_backlog(description: str, backlog: int) -> str:
+    """
+    A tcp: or ssl: endpoint with a listen backlog of C{backlog} unless it names one: Twisted's
+    default of 50 drops the SYNs of a burst of terminals (each then waits a second for the
+    retransmit) long before the daemon is busy.
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={backlog}"
+    return description
+
+
 class ListenerService(StreamServerEndpointService):
     """
     Twisted's endpoint service, bound at privileged start (so a bind failure stops twistd at
@@ -128,9 +144,9 @@ class ListenerService(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def __init__(self, name: str, description: str, factory: IProtocolFactory,
-                 reactor: Any) -> None:
+                 reactor: Any, backlog: int = 50) -> None:
         try:
-            endpoint = serverFromString(reactor, description)
+            endpoint = serverFromString(reactor, with_backlog(description, backlog))
         except (ValueError, KeyError, TypeError) as e:
             raise EndpointError(f"--{name} {description!r} is no endpoint: {e}") from None
         super().__init__(endpoint, factory)
@@ -328,16 +344,44 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
     store = SQLConsignments(db, keys.sealer())
     issuer = VoucherIssuer(db, keys.storage_key)
     notifier = Notifier(store, clock, settings.notify_timeout, list(settings.notify_retries),
-                        reactor=reactor)
+                        reactor=reactor, store_timeout=settings.backend_timeout)
     processor = Processor(store, issuer, clock, notifier.wake, settings.backend_timeout)
     consignapi.install(root, ConsignmentAPI(store, ledger, processor, clock,
                                             settings.backend_timeout, settings.timestamp_window))
-    site = Site(root, timeout=60, requestFactory=limited_request(settings.http_max_body))
+    site = MeteredSite(root, timeout=60, requestFactory=limited_request(settings.http_max_body))
     site.displayTracebacks = False
     site.noisy = False
 
+    gauges = MoneyGauges(ledger, store, clock, settings.backend_timeout)
     service = RechargeService(settings, db, ledger, flows, notifier, processor)
     service.lock = lock  # held as long as the process lives
-    ListenerService("flows", settings.flows, flows, reactor).setServiceParent(service)
-    ListenerService("http", settings.http, site, reactor).setServiceParent(service)
+    gauges.setServiceParent(service)
+    backlog = settings.backlog
+    ListenerService("flows", settings.flows, flows, reactor, backlog).setServiceParent(service)
+    ListenerService("http", settings.http, site, reactor, backlog).setServiceParent(service)
+    if settings.admin:
+        token = admin_token(settings.admin_token or data_dir / "admin-token")
+        console = Console(ConsoleBackends(ledger, pki, store, clock, settings.backend_timeout,
+                                          gauges.load_rate), AdminAuth(token, clock))
+        admin_site = Site(console, timeout=60, requestFactory=limited_request(64 * 1024))
+        admin_site.displayTracebacks = False
+        admin_site.noisy = False
+        ListenerService("admin", settings.admin, admin_site, reactor, backlog
+                        ).setServiceParent(service)
     return service
+
+
+def admin_token(path: Path) -> str:
+    """The console's token: read from C{path}, or made there (0600) at the first start."""
+    if path.exists():
+        token = path.read_text().strip()
+        if len(token) < 16:
+            raise KeyFileError(f"admin token file {path} holds no token of 16 characters or "
+                               "more")
+        return token
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    log.info("created the admin token file {path}", path=path)
+    return token

@@ -27,6 +27,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lnt import metrics
 from lnt.domain.records import Session
 from lnt.flows.context import FlowContext
 from lnt.interfaces import BackendTimeout, bounded
@@ -82,6 +83,11 @@ class FlowProtocol(Protocol):
         self._idle: IDelayedCall | None = None
         self._deadline: IDelayedCall | None = None
         self._done = False
+        #: when the flow's first frame and the frame in work arrived (for the metrics), and
+        #: whether the flow's last answer went out
+        self._started: float | None = None
+        self._frame_at: float | None = None
+        self._ended = False
         #: the PKI number this flow answers with; flows set it once the card is known
         self.pki = NO_PKI
 
@@ -133,6 +139,7 @@ class FlowProtocol(Protocol):
 
         def busy(f: Failure) -> Failure:
             if f.check(BackendTimeout):
+                metrics.BACKEND_TIMEOUTS.labels(f"{self.name}: {what}").inc()
                 raise FlowError(InfoCode.SYSTEM_BUSY, str(f.value))
             return f
 
@@ -207,7 +214,9 @@ class FlowProtocol(Protocol):
 
     def _frame_received(self, frame: Request) -> None:
         self._cancel_idle()
+        self._frame_at = self.context.clock.seconds()
         if self._run is None:
+            self._started = self._frame_at
             self._current = frame
             if frame.step != 0x00:
                 self._fail(FlowError(InfoCode.OUT_OF_ORDER, "first stage must carry step 0x00"))
@@ -288,6 +297,19 @@ class FlowProtocol(Protocol):
     def _send_raw(self, response: Response) -> None:
         if self.transport is not None and not self._done:
             self.transport.write(response.encode())
+            self._observe(response)
+
+    def _observe(self, response: Response) -> None:
+        now = self.context.clock.seconds()
+        if self._frame_at is not None and self._current is not None:
+            metrics.STAGE_SECONDS.labels(self.name, header_name(self._current.header)).observe(
+                now - self._frame_at)
+            self._frame_at = None
+        if response.flow == FlowIndicator.END:
+            self._ended = True
+            metrics.FLOWS.labels(self.name, f"{int(response.code):02X}").inc()
+            if self._started is not None:
+                metrics.FLOW_SECONDS.labels(self.name).observe(now - self._started)
 
     def _arm_idle(self) -> None:
         self._cancel_idle()
@@ -308,6 +330,9 @@ class FlowProtocol(Protocol):
         if self._done:
             return
         self._done = True
+        if not self._ended and self._started is not None:
+            # the terminal went away, or a timeout closed the flow: no answer was sent
+            metrics.FLOWS.labels(self.name, "closed").inc()
         self._cancel_idle()
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from lnt import metrics
 from lnt.flows.context import IFlow
 from lnt.wire import (
     MAX_FRAME_SIZE,
@@ -252,6 +253,7 @@ class DDServerFactory(Factory):
         self.context = context
         self.max_connections = max_connections
         self.connections: set[DispatchProtocol] = set()
+        metrics.OPEN_CONNECTIONS.labels("flows").set_function(lambda: len(self.connections))
         self._drained: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress | None) -> DispatchProtocol:  # type: ignore[override]

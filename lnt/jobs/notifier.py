@@ -10,11 +10,15 @@ more times, the interval growing by 10 s"); every attempt is recorded. The outbo
 ledger, so pending notifications survive a restart and go out after it; deliveries run
 concurrently (at most C{concurrency} at once), each bounded by C{timeout}, so one merchant's slow
 endpoint cannot hold up another's. The API never waits for any of this.
+
+Every call to the outbox is bounded too (C{store_timeout}): a ledger that does not answer makes
+the notifier log a warning, count it (C{lnt_backend_timeouts}) and try again at its next turn,
+never hang silently.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import treq
@@ -25,8 +29,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lnt import metrics
 from lnt.domain.records import Notification
-from lnt.interfaces import IConsignments
+from lnt.interfaces import BackendTimeout, IConsignments, bounded
+
+T = TypeVar("T")
 
 log = Logger()
 
@@ -41,8 +48,9 @@ MAX_BODY = 1024
 class Notifier(Service):
     def __init__(self, store: IConsignments, clock: IReactorTime, timeout: float,
                  retry_intervals: list[float], poll: float = 1.0, concurrency: int = 20,
-                 per_host: int = 2, reactor: Any = None) -> None:
+                 per_host: int = 2, reactor: Any = None, store_timeout: float = 10.0) -> None:
         self.store = store
+        self.store_timeout = store_timeout
         self.clock = clock
         self.timeout = timeout
         self.retry_intervals = retry_intervals
@@ -91,7 +99,11 @@ class Notifier(Service):
         def done(result: object) -> None:
             self._ticking = False
             if isinstance(result, Failure):
-                log.failure("notifier: the outbox could not be read", result)
+                if result.check(BackendTimeout):
+                    log.warn("notifier: {error}; trying again in {poll:g} s",
+                             error=str(result.value), poll=self.poll)
+                else:
+                    log.failure("notifier: the outbox could not be read", result)
             if self.running:
                 self._schedule(self.poll)
 
@@ -103,11 +115,13 @@ class Notifier(Service):
         free = self.concurrency - len(self._inflight)
         if free <= 0:
             return
-        due = await self.store.due(self.now_ms(), free, int((self.timeout + 5) * 1000))
+        due = await self._bounded(self.store.due(self.now_ms(), free,
+                                                 int((self.timeout + 5) * 1000)), "due")
         for notification in due:
             host = urlsplit(notification.url).netloc
             if self._busy.get(host, 0) >= self.per_host:
-                await self.store.postpone(notification.id, self.now_ms() + int(self.poll * 1000))
+                await self._bounded(self.store.postpone(
+                    notification.id, self.now_ms() + int(self.poll * 1000)), "postpone")
                 continue
             self._busy[host] = self._busy.get(host, 0) + 1
             d: Deferred[None] = self._limit.run(self._deliver, notification)
@@ -118,6 +132,14 @@ class Notifier(Service):
                 self._busy[host] -= 1
 
             d.addBoth(forget)
+
+    def _bounded(self, d: Deferred[T], what: str) -> Deferred[T]:
+        def count(f: Failure) -> Failure:
+            if f.check(BackendTimeout):
+                metrics.BACKEND_TIMEOUTS.labels(f"notifier: {what}").inc()
+            return f
+
+        return bounded(d, self.store_timeout, self.clock, f"outbox {what}").addErrback(count)
 
     async def _post(self, n: Notification) -> tuple[int, bytes]:
         headers: dict[bytes | str, bytes | str] = {
@@ -149,8 +171,19 @@ class Notifier(Service):
                 outcome = f"timeout after {self.timeout:g} s"
             except Exception as e:  # every failure of an attempt is recorded, none escapes
                 outcome = f"{type(e).__name__}: {str(e)[:120]}"
-        await self.store.attempted(n.id, outcome, delivered, self.retry_intervals, self.now_ms())
+        try:
+            await self._bounded(self.store.attempted(n.id, outcome, delivered,
+                                                     self.retry_intervals, self.now_ms()),
+                                "attempted")
+        except BackendTimeout as e:
+            # the attempt's record may still land; if not, the lease runs out and the
+            # notification is tried again (a merchant may get a repeat, never nothing)
+            log.warn("notifier: {reference} attempt {n}: {outcome}, but {error}",
+                     reference=n.reference, n=n.attempts + 1, outcome=outcome, error=str(e))
+            return
         given_up = not delivered and n.attempts + 1 > len(self.retry_intervals)
+        metrics.NOTIFICATIONS.labels("delivered" if delivered else "given_up" if given_up
+                                     else "failed").inc()
         # a notification given up is money news a merchant never got: an operator must see it
         emit = log.warn if given_up else log.info
         emit("notifier: {reference} attempt {n}: {outcome}{done}", reference=n.reference,

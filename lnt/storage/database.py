@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lnt import metrics
 from lnt.interfaces import BackendBusy
 
 log = Logger()
@@ -509,13 +510,22 @@ class Database:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> Deferred[R]:
+        started = time.monotonic()
         if self._writer is not None:
-            return self._writer.runInteraction(desc, func, *args, **kwargs)
-        assert self._pool is not None
-        d: Deferred[R] = self._pool.runWithConnection(
-            lambda conn: run_transaction(self.engine, conn, desc, func, *args, **kwargs)
-        )
-        return d
+            d = self._writer.runInteraction(desc, func, *args, **kwargs)
+        else:
+            assert self._pool is not None
+            d = self._pool.runWithConnection(
+                lambda conn: run_transaction(self.engine, conn, desc, func, *args, **kwargs)
+            )
+
+        def observe(result: Any) -> Any:
+            metrics.LEDGER_SECONDS.labels(desc).observe(time.monotonic() - started)
+            if isinstance(result, Failure) and result.check(BackendBusy):
+                metrics.LEDGER_BUSY.labels(desc).inc()
+            return result
+
+        return d.addBoth(observe)
 
     def start(self) -> None:
         if self._writer is not None:
