@@ -24,8 +24,19 @@ $(STAMP): $(RUNSTAMP) setup.cfg pyproject.toml
 run: $(RUNSTAMP)
 	$(BIN)/twistd -n lnt-recharge
 
+BROWSER := $(VENV)/.browser
+
+## the console's browser test drives Debian's chromium; installed here when root may
+$(BROWSER):
+	@if command -v chromium >/dev/null 2>&1; then touch $@; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+		&& touch $@; \
+	else echo "make: no chromium, and no root to install it: the browser test is skipped"; fi
+
 ## lint, type-check and run the whole test suite
-test: $(STAMP) lint typecheck unit
+test: $(STAMP) $(BROWSER) lint typecheck unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check lnt tests twisted bench

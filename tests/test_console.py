@@ -14,7 +14,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -126,6 +125,7 @@ def test_a_recharge_and_a_load_in_doubt_seen_and_resolved(console: tuple[Daemon,
     assert "loaded order" in terminal(d, "recharge", "--amount", "100")
     out = terminal(d, "recharge", "--amount", "70", "--interrupt", "after-credit")
     assert "connection dropped after credit" in out
+    assert any("#warn" in line and "left in doubt" in line for line in d.log().splitlines())
     b = logged_in(d, token)
 
     status, text, _ = b.get("/orders")

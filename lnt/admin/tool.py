@@ -462,10 +462,10 @@ class Admin:
 
     def consignment_show(self, args: argparse.Namespace) -> None:
         store = self.consignments()
-        found = result_of(store.card_of(args.system_order))
+        found = result_of(store.by_system_id(args.system_order))
         if found is None:
             raise Refused(f"no consignment {args.system_order}")
-        view = consignment_view(found[0])
+        view = consignment_view(found)
         view["notifications"] = [{"state": st, "attempts": n, "outcomes": outcomes}
                                  for st, n, outcomes in
                                  result_of(store.notifications(args.system_order))]

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from Crypto.Random import get_random_bytes
-from twisted.logger import Logger
 
 from lnt.domain.masking import mask_card
 from lnt.domain.records import CardKind, Conflict, IssuedCard, PKICard, Platform
 from lnt.jsonfile import write_json_atomically
 from lnt.keyfiles import CardKeyFile, CoreKeys, PlatformKeys
+from lnt.logmask import Logger
 from lnt.messages import cardissue
 from lnt.storage.consignments import SQLConsignments
 from lnt.storage.database import DSN, SyncDatabase, result_of

@@ -30,7 +30,6 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTime
-from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -46,6 +45,7 @@ from lnt.jobs.notifier import Notifier
 from lnt.jobs.processor import Processor
 from lnt.jsonfile import write_json_atomically
 from lnt.keyfiles import CoreKeys, KeyFileError, PlatformKeys
+from lnt.logmask import Logger
 from lnt.storage.consignments import SQLConsignments
 from lnt.storage.database import DSN, Database, DatabaseConfigError
 from lnt.storage.ledger import SQLLedger

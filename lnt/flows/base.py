@@ -24,13 +24,13 @@ from typing import ClassVar, TypeVar
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lnt import metrics
 from lnt.domain.records import Session
 from lnt.flows.context import FlowContext
 from lnt.interfaces import BackendTimeout, bounded
+from lnt.logmask import Logger
 from lnt.wire import (
     NO_PKI,
     ChecksumError,

@@ -27,7 +27,6 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,6 +34,7 @@ from zope.interface.verify import verifyObject
 
 from lnt import metrics
 from lnt.flows.context import IFlow
+from lnt.logmask import Logger
 from lnt.wire import (
     MAX_FRAME_SIZE,
     NO_PKI,

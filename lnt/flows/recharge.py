@@ -92,6 +92,16 @@ M1_CLOCK_MARGIN = 60
 
 class RechargeFlow(SecureFlow):
     name = "recharge"
+    #: the order whose load this flow began and has not settled or reversed yet
+    _open_load: str | None = None
+
+    def flowEnded(self, reason: str) -> None:
+        if self._open_load is not None:
+            # money in doubt: journalctl -p warning must show it
+            self.log.warn("recharge: order {order} left in doubt: the flow ended ({reason}) "
+                          "after the load began; the card's next DD11 reads it back",
+                          order=self._open_load, reason=reason)
+        super().flowEnded(reason)
 
     async def run(self, dd11: Request) -> None:
         ctx = self.context
@@ -320,9 +330,11 @@ class RechargeFlow(SecureFlow):
                     context.terminal_id.hex(), context.load_time, key_version,
                     LoadState.PENDING, None, None, now, now, now + hold_ms if hold_ms else 0)
         try:
-            return await self.backend(self.context.ledger.begin_load(load), "begin load")
+            begun = await self.backend(self.context.ledger.begin_load(load), "begin load")
         except (Conflict, NotFound) as e:
             raise FlowError(InfoCode.ORDER_MISSING, str(e)) from None
+        self._open_load = begun.order_no
+        return begun
 
     async def _settle(self, load: Load, tac: str | None, new_balance: int) -> Load:
         try:
@@ -331,6 +343,7 @@ class RechargeFlow(SecureFlow):
                                                 self.context.now_ms()), "settle")
         except Conflict as e:
             raise FlowError(InfoCode.REVERSAL_FAILED, str(e)) from None
+        self._open_load = None
         self.log.info("recharge: order {order} loaded, {amount} fen", order=load.order_no,
                       amount=load.amount)
         return settled
@@ -341,6 +354,7 @@ class RechargeFlow(SecureFlow):
                                                                 self.context.now_ms()), "reverse")
         except Conflict as e:
             raise FlowError(InfoCode.REVERSAL_FAILED, str(e)) from None
+        self._open_load = None
         self.log.info("recharge: order {order} reversed: the card shows no load",
                       order=load.order_no)
 
@@ -390,6 +404,7 @@ class RechargeFlow(SecureFlow):
         elif decision.verdict is Verdict.REVERSE:
             await self._reverse(load)
         else:
+            self._open_load = None  # said here, once
             self.log.warn("recharge: order {order} stays in doubt: {why}", order=load.order_no,
                           why=decision.reason)
         return dd21, decision

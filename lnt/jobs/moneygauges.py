@@ -12,10 +12,10 @@ from collections import deque
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from lnt import metrics
 from lnt.interfaces import BackendTimeout, IConsignments, ILedger, bounded
+from lnt.logmask import Logger
 
 log = Logger()
 

@@ -26,12 +26,12 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lnt import metrics
 from lnt.domain.records import Notification
 from lnt.interfaces import BackendTimeout, IConsignments, bounded
+from lnt.logmask import Logger
 
 T = TypeVar("T")
 

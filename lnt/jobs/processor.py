@@ -12,10 +12,10 @@ from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lnt.interfaces import IConsignments, IIssuer, bounded
+from lnt.logmask import Logger
 
 log = Logger()
 

@@ -259,6 +259,16 @@ class SQLConsignments:
 
         return self.db.runInteraction("consignment", txn)
 
+    def by_system_id(self, system_order_id: str) -> Deferred[Consignment | None]:
+        """A consignment by the platform's systemOrderId (for operators; no secrets)."""
+
+        def txn(cur: Cursor) -> Consignment | None:
+            row = cur.execute(f"SELECT {_CONSIGNMENT} FROM consignments WHERE"
+                              " system_order_id = ?", (system_order_id,)).fetchone()
+            return None if row is None else _consignment(row)
+
+        return self.db.runInteraction("consignment by system id", txn)
+
     def processing(self) -> Deferred[list[str]]:
         def txn(cur: Cursor) -> list[str]:
             return [str(r[0]) for r in cur.execute(

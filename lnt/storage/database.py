@@ -29,11 +29,11 @@ from urllib.parse import urlsplit
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lnt import metrics
 from lnt.interfaces import BackendBusy
+from lnt.logmask import Logger
 
 log = Logger()
 

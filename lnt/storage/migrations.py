@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from twisted.logger import Logger
-
+from lnt.logmask import Logger
 from lnt.storage.database import DSN, Cursor, DBConnection, Engine, run_transaction
 
 log = Logger()

@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -38,6 +37,7 @@ from lnt.domain.records import (
 from lnt.interfaces import BackendTimeout, IConsignments, ILedger, bounded
 from lnt.jobs.notifier import http_url
 from lnt.jobs.processor import Processor
+from lnt.logmask import Logger
 from lnt.web.json import finish_json, refuse_other_methods, write_json
 
 log = Logger()

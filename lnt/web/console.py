@@ -29,7 +29,6 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -46,6 +45,7 @@ from lnt.domain.records import (
     OrderState,
 )
 from lnt.interfaces import BackendTimeout, bounded
+from lnt.logmask import Logger
 from lnt.storage.consignments import SQLConsignments
 from lnt.storage.ledger import SQLLedger
 from lnt.storage.pkicards import LedgerPKI

@@ -8,13 +8,13 @@ unreachable database, a wrong key file).
 from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 import lnt
 from lnt.interfaces import ILedger, bounded
+from lnt.logmask import Logger
 from lnt.web.json import finish_json, write_json
 
 log = Logger()

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
-from twisted.logger import Logger
 from twisted.web.server import Request
+
+from lnt.logmask import Logger
 
 log = Logger()
 

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from Crypto.Cipher import AES
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -46,6 +45,7 @@ from lnt.domain.records import (
     Session,
 )
 from lnt.interfaces import IPKI, BackendTimeout, ILedger, bounded
+from lnt.logmask import Logger
 from lnt.messages import cardscript
 from lnt.messages.cardscript import ScriptError
 from lnt.web.json import finish_json, refuse_other_methods
