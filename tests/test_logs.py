@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-
 from typing import cast
 
 from twisted.logger import ILogObserver, LogLevel, LogPublisher, formatEvent
