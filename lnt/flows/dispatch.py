@@ -234,6 +234,18 @@ class DispatchProtocol(Protocol):
             self._idle.cancel()
         self._idle = None
 
+    def describe(self) -> str:
+        """The flow on this connection as the log names it: its name, PKI card and stage."""
+        flow = self._flow
+        if flow is None:
+            return "a connection before its first frame"
+        name = getattr(flow, "name", type(flow).__name__)
+        current = getattr(flow, "_current", None)
+        stage = header_name(current.header) if current is not None else "-"
+        pki = getattr(flow, "pki", NO_PKI)
+        card = "an unidentified PKI card" if pki == NO_PKI else f"PKI {pki}"
+        return f"{name} of {card} (last frame {stage})"
+
     def abort(self) -> None:
         """End the connection now (shutdown grace period over)."""
         transport = self.transport
@@ -290,6 +302,9 @@ class DDServerFactory(Factory):
 
         def give_up() -> None:
             for proto in list(self.connections):
+                # an aborted recharge may leave a load in doubt: name it (warning)
+                log.warn("shutdown: aborting {what} after {grace}s of grace",
+                         what=proto.describe(), grace=grace)
                 proto.abort()
 
         call = clock.callLater(grace, give_up)
