@@ -156,8 +156,9 @@ def test_shutdown_grace_aborts_stuck_flows(daemon_factory) -> None:
     assert time.monotonic() - start < 10
     assert "waiting up to 1.0s for 1 running flows" in d.log()
     # the log names the flow it aborted, as a warning
-    assert any("#warn" in line and "aborting sign-in of an unidentified PKI card (last frame DD01)" in line
-               for line in d.log().splitlines()), d.log()[-1500:]
+    aborted = "aborting sign-in of an unidentified PKI card (last frame DD01)"
+    assert any("#warn" in line and aborted in line for line in d.log().splitlines()), \
+        d.log()[-1500:]
     s.close()
 
 

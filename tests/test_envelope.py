@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from lnt.crypto import envelope
 from lnt.crypto.envelope import EnvelopeError
+from lnt.domain.inputs import SECONDS_MAX, SECONDS_MIN
 
 TS = 1428042275
 PLAINTEXT = b'{"platform":1, "userinfo": "{\\"openid\\":\\"1234567890\\"}", "type":1}'
@@ -61,6 +62,10 @@ def test_open_message_round_trip() -> None:
     (b'{"timestamp": 1, "timestamp": 2, "mac": "x"}', "field 'timestamp' appears twice"),
     (b'{"timestamp": 1}', "mac is missing"),
     (b'{"timestamp": 1, "mac": "00000000"}', "mac does not match"),
+    (b"[" * 60000, "the body nests deeper than 16 levels"),
+    (b'{"a":' * 12000 + b"1" + b"}" * 12000, "the body nests deeper than 16 levels"),
+    (b'{"\\ud800": 1, "mac": "00000000"}', "a field name in the body is not valid text"),
+    (b'{"x": ["\\udfff"], "mac": "00000000"}', "the body.x\\[0\\] is not valid text"),
 ])
 def test_open_message_errors(body: bytes, message: str) -> None:
     with pytest.raises(EnvelopeError, match=message):
@@ -75,9 +80,16 @@ def _sealed(fields: dict[str, object]) -> bytes:
 
 @pytest.mark.parametrize(("fields", "message"), [
     ({"timestamp": "1"}, "timestamp is missing or not an integer"),
-    ({"timestamp": 1, "data": 5}, "data is not a string"),
-    ({"timestamp": 1, "data": "zz"}, "data is not hex"),
-    ({"timestamp": 1, "data": "0011"}, "whole number of 3DES blocks"),
+    ({"timestamp": 1, "data": 5}, "timestamp is not a time between 2000 and 2100"),
+    ({"timestamp": 10**400, "data": 5}, "timestamp is not a time between 2000 and 2100"),
+    ({"timestamp": -TS}, "timestamp is not a time between 2000 and 2100"),
+    ({"timestamp": TS, "data": 5}, "data is not a string"),
+    ({"timestamp": TS, "data": "zz"}, "data is not hex"),
+    ({"timestamp": TS, "data": "0011"}, "whole number of 3DES blocks"),
+    ({"timestamp": TS, "data": envelope.encrypt(TS, b"[" * 40 + b"]" * 40)},
+     "data nests deeper than 16 levels"),
+    ({"timestamp": TS, "data": envelope.encrypt(TS, b'{"userid": "\\ud800"}')},
+     "data.userid is not valid text"),
     ({"timestamp": TS + 1, "data": DATA}, "data does not decrypt to JSON"),
     ({"timestamp": TS, "data": envelope.encrypt(TS, b"[1]")}, "not decrypt to a JSON object"),
 ])
@@ -86,7 +98,8 @@ def test_data_errors(fields: dict[str, object], message: str) -> None:
         envelope.open_message(_sealed(fields))
 
 
-@given(st.integers(1_000_000_000, 2_000_000_000_000),
+@given(st.one_of(st.integers(SECONDS_MIN, SECONDS_MAX),
+                 st.integers(SECONDS_MIN * 1000, SECONDS_MAX * 1000)),
        st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=20)),
                        max_size=5))
 def test_property_seal_open(timestamp: int, secret: dict[str, object]) -> None:

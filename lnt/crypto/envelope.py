@@ -24,6 +24,8 @@ from typing import Any
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
+from lnt.domain.inputs import InputError, check_depth, check_text, timestamp_seconds
+
 
 class EnvelopeError(ValueError):
     """The message cannot be opened; the text says exactly what is wrong (for C{errmsg})."""
@@ -106,7 +108,13 @@ def open_message(body: bytes) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
     Raises L{EnvelopeError} with a precise message.
     """
     try:
-        fields = json.loads(body.decode("utf-8"), object_pairs_hook=_unique)
+        text = body.decode("utf-8")
+        check_depth(text, "the body")
+        fields = json.loads(text, object_pairs_hook=_unique)
+        # a lone surrogate (JSON can escape one) cannot be encoded for the mac, nor stored
+        check_text(fields, "the body")
+    except InputError as e:
+        raise EnvelopeError(str(e)) from None
     except _Duplicate as e:
         raise EnvelopeError(f"field {e.args[0]!r} appears twice") from None
     except (UnicodeDecodeError, ValueError):
@@ -122,6 +130,10 @@ def open_message(body: bytes) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
     timestamp = fields.get("timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, int):
         raise EnvelopeError("timestamp is missing or not an integer")
+    try:
+        timestamp_seconds("timestamp", timestamp)
+    except InputError as e:
+        raise EnvelopeError(str(e)) from None
     data = fields.get("data")
     if data is None:
         return pairs, {}
@@ -129,7 +141,12 @@ def open_message(body: bytes) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
         raise EnvelopeError("data is not a string")
     plain = decrypt(timestamp, data)
     try:
-        secret = json.loads(plain.decode("utf-8"))
+        inner = plain.decode("utf-8")
+        check_depth(inner, "data")
+        secret = json.loads(inner)
+        check_text(secret, "data")
+    except InputError as e:
+        raise EnvelopeError(str(e)) from None
     except (UnicodeDecodeError, ValueError):
         raise EnvelopeError("data does not decrypt to JSON (wrong timestamp or key?)") from None
     if not isinstance(secret, dict):

@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from lnt.crypto.consignsign import ConsignError, decrypt_field, make_sign, verify_sign
+from lnt.domain.inputs import FEN_MAX, SECONDS_MAX, InputError, whole_number
 from lnt.domain.masking import mask_card
 from lnt.domain.records import (
     CPU_BALANCE_LIMIT,
@@ -61,13 +62,15 @@ def _order_id(params: dict[str, str]) -> str:
 
 
 def _amount(params: dict[str, str], name: str = "amount") -> int:
-    try:
-        amount = int(params[name])
-    except (KeyError, ValueError):
-        raise Refused(f"{name} must be a whole number of fen") from None
-    if amount <= 0:
+    text = params.get(name, "").strip()
+    if not text.lstrip("-").isascii() or not text.lstrip("-").isdigit():
+        raise Refused(f"{name} must be a whole number of fen")
+    if text.startswith("-") or set(text) == {"0"}:
         raise Refused(f"{name} must be positive")
-    return amount
+    try:
+        return whole_number(name, text, 1, FEN_MAX)
+    except InputError:
+        raise Refused(f"{name} must be at most {FEN_MAX} fen") from None
 
 
 def _notify(params: dict[str, str]) -> tuple[str, str]:
@@ -170,9 +173,9 @@ class ConsignmentAPI:
         if merchant is None or not merchant.active:
             raise Refused(f"unknown merchant {params['customerId']}")
         try:
-            timestamp = int(params["timestamp"])
-        except ValueError:
-            raise Refused("timestamp must be a Unix timestamp") from None
+            timestamp = whole_number("timestamp", params["timestamp"].strip(), 0, SECONDS_MAX)
+        except InputError:
+            raise Refused("timestamp must be a Unix timestamp (seconds)") from None
         if abs(timestamp - self.clock.seconds()) > self.window:
             raise Refused(f"timestamp is off by more than {self.window:.0f} s")
         if not verify_sign(params, merchant.md5_key):

@@ -32,6 +32,15 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from lnt.crypto import envelope
 from lnt.crypto.ec import verify
+from lnt.domain.inputs import (
+    FEN_MAX,
+    INT64_MAX,
+    InputError,
+    bounded_int,
+    check_depth,
+    check_text,
+    yyyymmdd,
+)
 from lnt.domain.masking import mask_card
 from lnt.domain.records import (
     CHINA,
@@ -87,6 +96,13 @@ def _fields(clear: str, encrypted: str, optional: str = "", either: str = "",
 
 
 INT = int
+#: the integer fields' ranges (any other integer: 0 .. the ledger's 64-bit columns)
+INT_BOUNDS = {"platformRaw": (0, 2**31 - 1), "platform": (0, 2**31 - 1),
+              "money": (1, FEN_MAX), "chargeamt": (1, FEN_MAX), "type": (0, 255),
+              "chargetype": (0, 255), "transtype": (0, 255), "step": (0, 255),
+              "crt_version": (0, 255)}
+#: the longest text field (the body is at most 64 KiB anyway; no field needs more)
+MAX_TEXT = 4096
 USERINFO = (str, dict)
 
 APPL_LOGIN = _fields(
@@ -241,6 +257,13 @@ def check_fields(spec: tuple[Field, ...], clear: dict[str, Any], secret: dict[st
         kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
         if isinstance(value, bool) or not isinstance(value, kinds):
             raise APIError(f"{f.name} must be {_kind_name(f.kind)}")
+        if isinstance(value, int):
+            try:
+                bounded_int(f.name, value, *INT_BOUNDS.get(f.name, (0, INT64_MAX)))
+            except InputError as e:
+                raise APIError(str(e)) from None
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise APIError(f"{f.name} is longer than {MAX_TEXT} characters")
         out[f.name] = value
     return out
 
@@ -249,7 +272,11 @@ def user_id_of(userinfo: str | dict[str, Any]) -> str:
     """C{userinfo} is a JSON object, or a string holding one (as in the document's example)."""
     if isinstance(userinfo, str):
         try:
+            check_depth(userinfo, "userinfo")
             userinfo = json.loads(userinfo)
+            check_text(userinfo, "userinfo")
+        except InputError as e:
+            raise APIError(str(e)) from None
         except ValueError:
             raise APIError("userinfo is not a JSON object") from None
     if not isinstance(userinfo, dict):
@@ -257,6 +284,8 @@ def user_id_of(userinfo: str | dict[str, Any]) -> str:
     userid = userinfo.get("userid")
     if not isinstance(userid, str) or not userid:
         raise APIError("userinfo has no userid")
+    if len(userid) > 64:
+        raise APIError("userinfo's userid is longer than 64 characters")
     return userid
 
 
@@ -267,9 +296,10 @@ def key_check_value(session_key: bytes) -> str:
 
 def _yyyymmdd(value: str, name: str) -> datetime:
     try:
-        return datetime.strptime(value, "%Y%m%d").replace(tzinfo=CHINA)
-    except ValueError:
-        raise APIError(f"{name} must be a date YYYYMMDD") from None
+        day = yyyymmdd(name, value)
+    except InputError as e:
+        raise APIError(str(e)) from None
+    return datetime(day.year, day.month, day.day, tzinfo=CHINA)
 
 
 def _ms_to_text(ms: int) -> str:
