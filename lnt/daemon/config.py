@@ -51,13 +51,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("idle-timeout", "30", "seconds without a complete frame before closing", float),
     Setting("flow-deadline", "120", "seconds one flow may take in all", float),
     Setting("backend-timeout", "10", "seconds a backend call may take before DD", float),
-    Setting("max-connections", "1000", "terminal connections at once; more are answered DD",
-            int),
+    Setting("max-connections", "1000",
+            "terminal connections at once; at the limit the port stops accepting until one "
+            "closes", int),
     Setting("shutdown-grace", "15", "seconds running flows get to finish at shutdown", float),
     Setting("session-ttl", "86400", "lifetime of a sign-in session, seconds", float),
     Setting("timestamp-window", "300", "order API: seconds a request's timestamp may be off",
             float),
     Setting("http-max-body", "65536", "largest HTTP request body in bytes; larger get 413", int),
+    Setting("http-max-connections", "1000",
+            "HTTP connections at once; at the limit the port stops accepting until one closes",
+            int),
+    Setting("http-request-timeout", "30",
+            "seconds an HTTP request may take to arrive whole (headers and body)", float),
     Setting("notify-timeout", "10", "seconds one merchant notification attempt may take",
             float),
     Setting("notify-retries", "10,20",
@@ -136,6 +142,8 @@ class Settings:
     session_ttl: float
     timestamp_window: float
     http_max_body: int
+    http_max_connections: int
+    http_request_timeout: float
     notify_timeout: float
     notify_retries: tuple[float, ...]
     demo: bool

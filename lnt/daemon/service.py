@@ -36,6 +36,7 @@ from twisted.web.server import Site
 import lnt
 from lnt.coremodule import FileCoreModule
 from lnt.daemon import systemd
+from lnt.daemon.budget import ConnectionBudget
 from lnt.daemon.config import SETTINGS, ConfigError, Settings, read_ini, resolve
 from lnt.daemon.demo import provision
 from lnt.flows.context import FlowContext, FlowSettings
@@ -57,7 +58,7 @@ from lnt.web.consignapi import ConsignmentAPI
 from lnt.web.console import AdminAuth, Console, ConsoleBackends
 from lnt.web.health import Health
 from lnt.web.json import Root
-from lnt.web.limits import limited_request
+from lnt.web.limits import deadline_channel, limited_request
 from lnt.web.metered import MeteredSite
 from lnt.web.orderapi import OrderAPI
 
@@ -166,6 +167,8 @@ class ListenerService(StreamServerEndpointService):
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.port = port
+        if isinstance(self.factory, ConnectionBudget):
+            self.factory.add_port(port)
         log.info("{name} listening on {address}", name=self.name, address=port.getHost())
         return port
 
@@ -349,6 +352,9 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
     consignapi.install(root, ConsignmentAPI(store, ledger, processor, clock,
                                             settings.backend_timeout, settings.timestamp_window))
     site = MeteredSite(root, timeout=60, requestFactory=limited_request(settings.http_max_body))
+    # (Site's protocol is typed as a method; a channel class is what it takes)
+    site.protocol = deadline_channel(  # type: ignore[method-assign,assignment]
+        settings.http_request_timeout)
     site.displayTracebacks = False
     site.noisy = False
 
@@ -357,18 +363,56 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
     service.lock = lock  # held as long as the process lives
     gauges.setServiceParent(service)
     backlog = settings.backlog
-    ListenerService("flows", settings.flows, flows, reactor, backlog).setServiceParent(service)
-    ListenerService("http", settings.http, site, reactor, backlog).setServiceParent(service)
+    ensure_descriptors(settings)
+    ListenerService("flows", settings.flows,
+                    ConnectionBudget(flows, settings.max_connections, "flows"), reactor,
+                    backlog).setServiceParent(service)
+    ListenerService("http", settings.http,
+                    ConnectionBudget(site, settings.http_max_connections, "http"), reactor,
+                    backlog).setServiceParent(service)
     if settings.admin:
         token = admin_token(settings.admin_token or data_dir / "admin-token")
         console = Console(ConsoleBackends(ledger, pki, store, clock, settings.backend_timeout,
                                           gauges.load_rate), AdminAuth(token, clock))
         admin_site = Site(console, timeout=60, requestFactory=limited_request(64 * 1024))
+        admin_site.protocol = deadline_channel(  # type: ignore[method-assign,assignment]
+            settings.http_request_timeout)
         admin_site.displayTracebacks = False
         admin_site.noisy = False
         ListenerService("admin", settings.admin, admin_site, reactor, backlog
                         ).setServiceParent(service)
     return service
+
+
+#: descriptors beyond the connection limits: the ledger, log files, the admin endpoint's
+#: connections, the notifier's outbound requests, listening ports
+DESCRIPTOR_MARGIN = 256
+
+
+def ensure_descriptors(settings: Settings) -> None:
+    """
+    Raise the soft RLIMIT_NOFILE to what the connection limits need (up to the hard limit; the
+    systemd unit sets LimitNOFILE with room), or say at start that the limits cannot all be
+    held: running out of descriptors would refuse everyone, the operator included.
+    """
+    import resource
+
+    needed = settings.max_connections + settings.http_max_connections + DESCRIPTOR_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warn("descriptor limit {soft} could not be raised: {error}", soft=soft,
+                     error=str(e))
+        else:
+            soft = target
+            log.info("descriptor limit raised to {soft}", soft=soft)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warn("descriptor limit {soft} is below the {needed} that --max-connections and "
+                 "--http-max-connections need (raise LimitNOFILE / ulimit -n, or lower them)",
+                 soft=soft, needed=needed)
 
 
 def admin_token(path: Path) -> str:

@@ -234,6 +234,11 @@ class Console(Resource):
         request.setHeader(b"x-frame-options", b"DENY")
         if name == "metrics":
             return self._metrics(request)
+        if name == "health" and (request.postpath or [])[1:] == [b"live"]:
+            # liveness for the operator and systemd checks, reachable while the public
+            # endpoint is flooded (it is on its own listener and budget)
+            request.setHeader(b"content-type", b"text/plain")
+            return b"live\n"
         if name == "login":
             return self._html(request, page("Log in", LOGIN_FORM))
         session = self.auth.session(request)

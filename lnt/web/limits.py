@@ -1,6 +1,7 @@
 """
-The HTTP site's request class: bodies above the limit are refused with 413 before they are
-read (by Content-Length, or as chunked data arrives), so an oversized post costs nothing.
+The HTTP site's limits: bodies above the limit are refused with 413 before they are read (by
+Content-Length, or as chunked data arrives), so an oversized post costs nothing; a request must
+arrive whole within its deadline (L{DeadlineChannel}).
 """
 
 from __future__ import annotations
@@ -8,6 +9,10 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from lnt.logmask import Logger
@@ -61,3 +66,47 @@ class LimitedRequest(Request):
 def limited_request(max_body: int) -> type[LimitedRequest]:
     """A request class with its own limit (the site's C{requestFactory})."""
     return type("LimitedRequest", (LimitedRequest,), {"max_body": max_body})
+
+
+class DeadlineChannel(HTTPChannel):
+    """
+    An HTTP connection whose requests must arrive whole, headers and body, within
+    C{request_timeout} seconds of their first byte: Site's own timeout restarts with every byte,
+    so a client sending one byte a second (slowloris) would hold the descriptor for ever. The
+    idle time between keep-alive requests stays Site's C{timeout}.
+    """
+
+    request_timeout: ClassVar[float] = 30.0
+    _deadline: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._deadline is None and data:
+            self._deadline = self.callLater(self.request_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        log.info("http: a request did not arrive whole within {timeout:g} s: closed",
+                 timeout=self.request_timeout)
+        if self.transport is not None:
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                                 b"Connection: close\r\n\r\n")
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+def deadline_channel(request_timeout: float) -> type[DeadlineChannel]:
+    """A channel class with its own deadline (the site's C{protocol})."""
+    return type("DeadlineChannel", (DeadlineChannel,), {"request_timeout": request_timeout})

@@ -33,7 +33,6 @@ from twisted.web.server import NOT_DONE_YET, Request
 from lnt.crypto import envelope
 from lnt.crypto.ec import verify
 from lnt.domain.inputs import (
-    FEN_MAX,
     INT64_MAX,
     InputError,
     bounded_int,
@@ -98,7 +97,9 @@ def _fields(clear: str, encrypted: str, optional: str = "", either: str = "",
 INT = int
 #: the integer fields' ranges (any other integer: 0 .. the ledger's 64-bit columns)
 INT_BOUNDS = {"platformRaw": (0, 2**31 - 1), "platform": (0, 2**31 - 1),
-              "money": (1, FEN_MAX), "chargeamt": (1, FEN_MAX), "type": (0, 255),
+              # (the amounts' business range, 1..100000 fen, is checked with its own message)
+              "money": (-INT64_MAX, INT64_MAX), "chargeamt": (-INT64_MAX, INT64_MAX),
+              "type": (0, 255),
               "chargetype": (0, 255), "transtype": (0, 255), "step": (0, 255),
               "crt_version": (0, 255)}
 #: the longest text field (the body is at most 64 KiB anyway; no field needs more)
