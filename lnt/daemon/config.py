@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from lnt.domain.netfence import Fenced, parse_networks
+
 SECTION = "lnt-recharge"
 
 
@@ -66,6 +68,9 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds an HTTP request may take to arrive whole (headers and body)", float),
     Setting("notify-timeout", "10", "seconds one merchant notification attempt may take",
             float),
+    Setting("notify-allow", "none",
+            "networks merchant notifications may reach besides public addresses, e.g. "
+            "127.0.0.0/8 (demo, tests); none by default"),
     Setting("notify-retries", "10,20",
             "seconds before each retry of an undelivered notification, comma-separated"),
     Setting("demo", "yes", "provision the demo terminal, cards and merchant (yes/no)", bool),
@@ -97,6 +102,11 @@ def _convert(setting: Setting, raw: str) -> Any:
         if any(x <= 0 for x in intervals):
             raise ConfigError("notify-retries: intervals must be positive")
         return intervals
+    if setting.name == "notify-allow":
+        try:
+            parse_networks(raw)  # the service parses it again; a typo stops the start here
+        except Fenced as e:
+            raise ConfigError(f"notify-allow: {e}") from None
     return value
 
 
@@ -145,6 +155,7 @@ class Settings:
     http_max_connections: int
     http_request_timeout: float
     notify_timeout: float
+    notify_allow: str
     notify_retries: tuple[float, ...]
     demo: bool
 

@@ -39,8 +39,10 @@ from lnt.daemon import systemd
 from lnt.daemon.budget import ConnectionBudget
 from lnt.daemon.config import SETTINGS, ConfigError, Settings, read_ini, resolve
 from lnt.daemon.demo import provision
+from lnt.domain.netfence import parse_networks
 from lnt.flows.context import FlowContext, FlowSettings
 from lnt.flows.dispatch import DDServerFactory, FlowConflict, FlowRegistry, FlowUnavailable
+from lnt.jobs.fence import NotifyFence
 from lnt.jobs.moneygauges import MoneyGauges
 from lnt.jobs.notifier import Notifier
 from lnt.jobs.processor import Processor
@@ -346,11 +348,13 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
                                     settings.timestamp_window))
     store = SQLConsignments(db, keys.sealer())
     issuer = VoucherIssuer(db, keys.storage_key)
+    fence = NotifyFence(reactor, parse_networks(settings.notify_allow), settings.notify_timeout)
     notifier = Notifier(store, clock, settings.notify_timeout, list(settings.notify_retries),
-                        reactor=reactor, store_timeout=settings.backend_timeout)
+                        reactor=reactor, store_timeout=settings.backend_timeout, fence=fence)
     processor = Processor(store, issuer, clock, notifier.wake, settings.backend_timeout)
     consignapi.install(root, ConsignmentAPI(store, ledger, processor, clock,
-                                            settings.backend_timeout, settings.timestamp_window))
+                                            settings.backend_timeout, settings.timestamp_window,
+                                            fence))
     site = MeteredSite(root, timeout=60, requestFactory=limited_request(settings.http_max_body))
     # (Site's protocol is typed as a method; a channel class is what it takes)
     site.protocol = deadline_channel(  # type: ignore[method-assign,assignment]

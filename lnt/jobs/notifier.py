@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from lnt import metrics
 from lnt.domain.records import Notification
 from lnt.interfaces import BackendTimeout, IConsignments, bounded
+from lnt.jobs.fence import NotifyFence
 from lnt.logmask import Logger
 
 T = TypeVar("T")
@@ -48,8 +49,12 @@ MAX_BODY = 1024
 class Notifier(Service):
     def __init__(self, store: IConsignments, clock: IReactorTime, timeout: float,
                  retry_intervals: list[float], poll: float = 1.0, concurrency: int = 20,
-                 per_host: int = 2, reactor: Any = None, store_timeout: float = 10.0) -> None:
+                 per_host: int = 2, reactor: Any = None, store_timeout: float = 10.0,
+                 fence: NotifyFence | None = None) -> None:
         self.store = store
+        #: where requests may go (None: anywhere; the daemon always gives one)
+        self.fence = fence
+        self._agent: Any = None
         self.store_timeout = store_timeout
         self.clock = clock
         self.timeout = timeout
@@ -133,6 +138,15 @@ class Notifier(Service):
 
             d.addBoth(forget)
 
+    def _agent_(self) -> Any:
+        if self._agent is None and self.fence is not None:
+            from twisted.web.client import Agent, HTTPConnectionPool
+
+            self._agent = Agent.usingEndpointFactory(
+                self.fence.reactor, self.fence.endpoints(),
+                pool=HTTPConnectionPool(self.fence.reactor, persistent=False))
+        return self._agent
+
     def _bounded(self, d: Deferred[T], what: str) -> Deferred[T]:
         def count(f: Failure) -> Failure:
             if f.check(BackendTimeout):
@@ -144,8 +158,9 @@ class Notifier(Service):
     async def _post(self, n: Notification) -> tuple[int, bytes]:
         headers: dict[bytes | str, bytes | str] = {
             "content-type": "application/x-www-form-urlencoded"}
+        # redirects are not followed: a merchant's endpoint answers, or the attempt failed
         response = await treq.post(n.url, data=n.body.encode(), reactor=self.reactor,
-                                   headers=headers)
+                                   headers=headers, allow_redirects=False, agent=self._agent_())
         body = bytearray()
 
         def collect(data: bytes) -> None:

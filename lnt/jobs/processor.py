@@ -14,7 +14,8 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from lnt.interfaces import IConsignments, IIssuer, bounded
+from lnt import metrics
+from lnt.interfaces import BackendTimeout, IConsignments, IIssuer, bounded
 from lnt.logmask import Logger
 
 log = Logger()
@@ -51,7 +52,13 @@ class Processor:
 
         def done(result: object) -> None:
             self._running.pop(system_order_id, None)
-            if isinstance(result, Failure):
+            if isinstance(result, Failure) and result.check(BackendTimeout):
+                # a timeout, not a bug: a warning and a metric, no traceback
+                metrics.BACKEND_TIMEOUTS.labels("processor").inc()
+                log.warn("consignment {order}: {error}; retried at the next sweep (every "
+                         "{every:.0f} s)", order=system_order_id, error=str(result.value),
+                         every=self.sweep_every)
+            elif isinstance(result, Failure):
                 log.failure("consignment {order}: processing failed; retried at the next sweep"
                             " (every {every:.0f} s)", result, order=system_order_id,
                             every=self.sweep_every)
@@ -97,9 +104,16 @@ class Processor:
         self._sweeper.startService()
 
     def _sweep_logged(self) -> Deferred[None]:
-        return self.sweep().addErrback(
-            lambda f: log.failure("consignment sweep failed; next in {every:.0f} s", f,
-                                  every=self.sweep_every))
+        def failed(f: Failure) -> None:
+            if f.check(BackendTimeout):
+                metrics.BACKEND_TIMEOUTS.labels("sweep").inc()
+                log.warn("consignment sweep: {error}; next in {every:.0f} s",
+                         error=str(f.value), every=self.sweep_every)
+            else:
+                log.failure("consignment sweep failed; next in {every:.0f} s", f,
+                            every=self.sweep_every)
+
+        return self.sweep().addErrback(failed)
 
     def stop(self) -> Deferred[None]:
         """Stop sweeping; fires when the orders in work are done (each bounded by timeouts)."""

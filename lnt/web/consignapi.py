@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from lnt.crypto.consignsign import ConsignError, decrypt_field, make_sign, verify_sign
 from lnt.domain.inputs import FEN_MAX, SECONDS_MAX, InputError, whole_number
 from lnt.domain.masking import mask_card
+from lnt.domain.netfence import Fenced
 from lnt.domain.records import (
     CPU_BALANCE_LIMIT,
     BatchFull,
@@ -36,6 +37,7 @@ from lnt.domain.records import (
     OrderState,
 )
 from lnt.interfaces import BackendTimeout, IConsignments, ILedger, bounded
+from lnt.jobs.fence import NotifyFence
 from lnt.jobs.notifier import http_url
 from lnt.jobs.processor import Processor
 from lnt.logmask import Logger
@@ -151,7 +153,10 @@ class OrderQuery:
 
 class ConsignmentAPI:
     def __init__(self, store: IConsignments, ledger: ILedger, processor: Processor,
-                 clock: IReactorTime, timeout: float, window: float) -> None:
+                 clock: IReactorTime, timeout: float, window: float,
+                 fence: NotifyFence | None = None) -> None:
+        #: where notify_urls may point (checked at submission; the notifier checks again)
+        self.fence = fence
         self.store = store
         self.ledger = ledger
         self.processor = processor
@@ -164,6 +169,14 @@ class ConsignmentAPI:
             return await bounded(d, self.timeout, self.clock, "consignment store")
         except BackendTimeout:
             raise Refused("system busy: try again") from None
+
+    async def _fenced(self, notify_url: str) -> None:
+        if not notify_url or self.fence is None:  # (no fence: in-process tests only)
+            return
+        try:
+            await self.fence.check(notify_url)
+        except Fenced as e:
+            raise Refused(str(e)) from None
 
     async def merchant_of(self, params: dict[str, str], required: tuple[str, ...]) -> Merchant:
         for name in ("customerId", "timestamp", "sign", *required):
@@ -187,6 +200,7 @@ class ConsignmentAPI:
     async def tocard(self, params: dict[str, str]) -> dict[str, Any]:
         merchant = await self.merchant_of(params, ToCardRequest.REQUIRED)
         req = ToCardRequest.parse(params)
+        await self._fenced(req.notify_url)
         order_id, product = req.order_id, req.product_code
         if product not in merchant.rates:
             raise Refused(f"productCode {product} is not open to this merchant")
@@ -238,6 +252,7 @@ class ConsignmentAPI:
     async def query_buy(self, params: dict[str, str]) -> dict[str, Any]:
         merchant = await self.merchant_of(params, QueryBuyRequest.REQUIRED)
         req = QueryBuyRequest.parse(params)
+        await self._fenced(req.notify_url)
         order_id, amount, account = req.order_id, req.amount, req.account
         try:
             order, created = await self._b(self.store.topup(
