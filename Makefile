@@ -20,9 +20,10 @@ $(STAMP): $(RUNSTAMP) setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
-## run the daemon on its embedded default (./lnt-data, ports 9000 and 8080 on 127.0.0.1)
+## run the daemon on its embedded default (./lnt-data, ports 9000 and 8080 on 127.0.0.1; the
+## demo merchant may be notified on loopback)
 run: $(RUNSTAMP)
-	$(BIN)/twistd -n lnt-recharge
+	$(BIN)/twistd -n lnt-recharge --notify-allow 127.0.0.0/8
 
 BROWSER := $(VENV)/.browser
 
