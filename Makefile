@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 RUNSTAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench fuzz-money clean plugin-cache
+.PHONY: run test lint typecheck unit bench fuzz fuzz-money clean plugin-cache
 
 $(RUNSTAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,18 @@ $(BENCHSTAMP): $(STAMP)
 bench: $(BENCHSTAMP)
 	$(BIN)/python -m bench.run
 
+FUZZSTAMP := $(VENV)/.installed-fuzz
+
+$(FUZZSTAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,fuzz]' --config-settings editable_mode=compat
+	touch $@
+
+## coverage-guided fuzzing (atheris) of the DD decoder, the order API envelope and the
+## consignment form parser, a million inputs each (RUNS=N for another count); findings land in
+## .fuzz/ and fail the target
+fuzz: $(FUZZSTAMP)
+	$(BIN)/python -m tests.fuzz_targets --runs $${RUNS:-1000000}
+
 ## the card-against-the-books model test with 2000 random fault sequences (about 8 minutes);
 ## LNT_MONEY_SEED=N picks another seed
 fuzz-money: $(STAMP)
@@ -71,4 +83,4 @@ plugin-cache: $(RUNSTAMP)
 	$(BIN)/lnt-admin plugin-cache
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache .fuzz

@@ -87,13 +87,22 @@ def test_idle_timeout_closes(daemon_factory) -> None:
         assert 0.8 < time.monotonic() - start < 5
 
 
-def test_connection_limit(daemon_factory) -> None:
+def test_connection_limit_pauses_accepting(daemon_factory) -> None:
     d = daemon_factory("--max-connections", "1")
-    with socket.create_connection(("127.0.0.1", d.flows_port), timeout=10) as first:
-        first.sendall(request(0xDD01))
-        assert one_response(first).code == InfoCode.SUCCESS
-        [r], closed = exchange(d.flows_port, request(0xDD01))
-        assert (r.header, r.flow, r.code) == (0xDD02, 0xFF, InfoCode.SYSTEM_BUSY) and closed
+    first = socket.create_connection(("127.0.0.1", d.flows_port), timeout=10)
+    first.sendall(request(0xDD01))
+    assert one_response(first).code == InfoCode.SUCCESS
+    # at the limit the port is paused: the next connection waits in the backlog, unserved
+    with socket.create_connection(("127.0.0.1", d.flows_port), timeout=10) as second:
+        second.sendall(request(0xDD01))
+        second.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            second.recv(1)
+        first.close()  # one closes: the waiting one is accepted and served
+        second.settimeout(10)
+        assert one_response(second).code == InfoCode.SUCCESS
+    assert "flows: 1 connections open, the limit: not accepting" in d.log()
+    assert "flows: below the limit again" in d.log()
 
 
 def test_health(daemon: Daemon) -> None:
