@@ -59,6 +59,14 @@ class BackendBusy(BackendTimeout):
     """
 
 
+class BackendUnavailable(BackendTimeout):
+    """
+    The ledger cannot be reached or written (PostgreSQL down or restarting, a read-only or full
+    disk under SQLite): nothing was written; the caller answers "system busy" as for a timeout,
+    and the daemon reconnects by itself (PostgreSQL's pool replaces broken connections).
+    """
+
+
 def bounded(d: Deferred[T], seconds: float, clock: IReactorTime, what: str) -> Deferred[T]:
     """
     C{d}, a backend call, bounded in time: if it has not fired within C{seconds} it fails with

@@ -32,7 +32,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 from lnt import metrics
-from lnt.interfaces import BackendBusy
+from lnt.interfaces import BackendBusy, BackendUnavailable
 from lnt.logmask import Logger
 
 log = Logger()
@@ -45,6 +45,19 @@ R = TypeVar("R")
 #: recharges conflict more often than their rows would suggest: ten attempts with a random,
 #: growing backoff carried 64 concurrent terminals without one exhausted in the benchmark.
 MAX_ATTEMPTS = 10
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def unavailable(desc: str, error: BaseException) -> BackendUnavailable:
+    """The caller's exception for an outage (what its client is told: no detail); the detail
+    goes to the log, as a warning: an operator must see the ledger failing."""
+    log.warn("ledger: {desc} failed, the database is unavailable: {error}", desc=desc,
+             error=_first_line(error))
+    return BackendUnavailable("the ledger is unavailable")
 
 
 def backoff(attempt: int) -> float:
@@ -89,6 +102,10 @@ class Engine:
         """The transaction lost a race and may be run again."""
         raise NotImplementedError
 
+    def is_unavailable(self, error: BaseException) -> bool:
+        """The database cannot be reached or written: an outage, not a bug of ours."""
+        raise NotImplementedError
+
     def add_check(self, table: str, column: str, values: Sequence[str]) -> list[str]:
         """Statements that make C{column} of an existing table accept only C{values}."""
         raise NotImplementedError
@@ -117,6 +134,14 @@ class SqliteEngine(Engine):
 
     def is_transient(self, error: BaseException) -> bool:
         return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+    #: what SQLite says when the file cannot take a write (read-only, full, failing disk)
+    UNAVAILABLE = ("readonly", "disk is full", "disk i/o error", "unable to open",
+                   "database or disk is full")
+
+    def is_unavailable(self, error: BaseException) -> bool:
+        return isinstance(error, sqlite3.OperationalError) and any(
+            s in str(error).lower() for s in self.UNAVAILABLE)
 
     def add_check(self, table: str, column: str, values: Sequence[str]) -> list[str]:
         # SQLite cannot add a CHECK to an existing table: triggers refuse the same rows
@@ -159,6 +184,19 @@ class PostgresEngine(Engine):
 
     def is_transient(self, error: BaseException) -> bool:
         return getattr(error, "sqlstate", None) in self.TRANSIENT
+
+    def is_unavailable(self, error: BaseException) -> bool:
+        # connection errors (class 08, or none at all: the socket went away), the server
+        # shutting down or starting (57P0x), too many connections (53300), read-only (25006);
+        # and adbapi's own ConnectionLost after a broken connection was dropped from the pool
+        if type(error).__name__ == "ConnectionLost":
+            return True
+        if not type(error).__module__.startswith("psycopg"):
+            return False
+        state = getattr(error, "sqlstate", None)
+        if state is None:
+            return type(error).__name__ in ("OperationalError", "InterfaceError")
+        return state.startswith(("08", "57P")) or state in ("53300", "25006")
 
     def add_check(self, table: str, column: str, values: Sequence[str]) -> list[str]:
         allowed = ", ".join(f"'{v}'" for v in values)
@@ -305,7 +343,13 @@ def run_transaction(
             conn.commit()
             return result
         except Exception as e:
-            conn.rollback()
+            try:
+                conn.rollback()
+            except Exception as lost:
+                # the connection itself is gone (the pool drops it and opens a new one)
+                if engine.is_unavailable(lost) or engine.is_unavailable(e):
+                    raise unavailable(desc, e) from e
+                raise
             if engine.is_transient(e):
                 if attempt < MAX_ATTEMPTS:
                     log.debug("transaction {desc} lost a race ({attempt}), retrying",
@@ -314,6 +358,8 @@ def run_transaction(
                     continue
                 raise BackendBusy(f"the ledger is busy ({desc} lost {attempt} races with "
                                   "concurrent transactions): repeat") from e
+            if engine.is_unavailable(e):
+                raise unavailable(desc, e) from e
             raise
         finally:
             raw.close()
@@ -441,8 +487,9 @@ class GroupCommitWriter:
                     raw.execute("SAVEPOINT lnt_interaction")
                     try:
                         result = item.func(Cursor(engine, raw), *item.args, **item.kwargs)
-                    except Exception:
-                        outcomes.append((False, Failure()))
+                    except Exception as e:
+                        outcomes.append((False, Failure(unavailable(item.desc, e))
+                                         if engine.is_unavailable(e) else Failure()))
                         raw.execute("ROLLBACK TO SAVEPOINT lnt_interaction")
                     else:
                         outcomes.append((True, result))
@@ -455,7 +502,8 @@ class GroupCommitWriter:
                     time.sleep(backoff(attempt))
                     continue
                 failure = Failure(BackendBusy(f"the ledger is busy ({e}): repeat")) \
-                    if engine.is_transient(e) else Failure()
+                    if engine.is_transient(e) else Failure(unavailable("group commit", e)) \
+                    if engine.is_unavailable(e) else Failure()
                 outcomes = [(False, failure)] * len(batch)
             finally:
                 raw.close()

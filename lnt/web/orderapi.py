@@ -52,7 +52,7 @@ from lnt.domain.records import (
     OrderState,
     Session,
 )
-from lnt.interfaces import IPKI, BackendTimeout, ILedger, bounded
+from lnt.interfaces import IPKI, BackendTimeout, BackendUnavailable, ILedger, bounded
 from lnt.logmask import Logger
 from lnt.messages import cardscript
 from lnt.messages.cardscript import ScriptError
@@ -345,6 +345,9 @@ class OrderAPI:
             raise APIError(str(e)) from None
         except NotFound as e:
             raise APIError(str(e)) from None
+        except BackendUnavailable:
+            raise APIError("system busy: the ledger is unavailable; repeat the request"
+                           ) from None
         except BackendTimeout:
             raise APIError("system busy: the ledger did not answer in time; repeat the "
                            "request") from None
