@@ -168,6 +168,9 @@ def test_unknown_cards_do_not_grow_the_ledger(platform: Platform) -> None:
         if "refusals of unknown PKI cards" in str(event.get("log_format")):
             lines.append(str(event.get("n")))
 
+    from lnt import metrics
+
+    counted = metrics.REGISTRY.get_sample_value("lnt_signin_refusals_unknown_card_total") or 0
     platform.clock.advance(UNKNOWN_SUMMARY_EVERY)  # whatever other tests counted is summed up
     globalLogPublisher.addObserver(observe)
     try:
@@ -178,6 +181,8 @@ def test_unknown_cards_do_not_grow_the_ledger(platform: Platform) -> None:
         globalLogPublisher.removeObserver(observe)
     assert platform.backends.query("SELECT id FROM signins") == []
     assert len(lines) == 1  # one summary line in the minute, not one line per refusal
+    assert metrics.REGISTRY.get_sample_value(
+        "lnt_signin_refusals_unknown_card_total") == counted + 8
 
 
 def test_replayed_dd05_is_refused(platform: Platform) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 from typing import NoReturn
 
+from lnt import metrics
 from lnt.crypto.ec import generate, verify
 from lnt.flows.base import FlowError, FlowProtocol
 from lnt.messages.login import (
@@ -169,6 +170,7 @@ class SignInFlow(FlowProtocol):
     def _count_unknown(self) -> None:
         cls = type(self)
         cls._unknown += 1
+        metrics.UNKNOWN_SIGNINS.inc()
         now = self.context.clock.seconds()
         # (a clock behind the last line is another clock: a test's, or the system's set back)
         if now - cls._unknown_logged >= UNKNOWN_SUMMARY_EVERY or now < cls._unknown_logged:
