@@ -130,6 +130,27 @@ def ready(d: Daemon) -> int:
         return int(e.code)
 
 
+def ready_again(d: Daemon, timeout: float = 30) -> None:
+    """The daemon is ready again by itself (no restart), within C{timeout} seconds."""
+    deadline = time.monotonic() + timeout
+    while ready(d) != 200:
+        assert time.monotonic() < deadline, d.log()[-3000:]
+        time.sleep(0.5)
+
+
+def card_agrees_with_the_books(d: Daemon, ledger: str, first: int) -> None:
+    """The card holds exactly what the books say it was given (no load left in doubt), and
+    the books agree with themselves: across the outage, nothing acknowledged was lost."""
+    orders = json.loads(tool("lnt-admin", "--ledger", ledger, "orders", "--card", CPU,
+                             "--json", data=d.data_dir).stdout)
+    in_doubt = [o for o in orders if o["state"] == "pending"]
+    assert not in_doubt, in_doubt
+    loaded = sum(o["amount"] for o in orders if o["state"] == "loaded")
+    assert card_balance(d.data_dir) == first + loaded
+    check = tool("lnt-admin", "--ledger", ledger, "check", data=d.data_dir)
+    assert check.returncode == 0, check.stdout
+
+
 def recharge(d: Daemon, amount: int) -> tuple[int, str, float]:
     start = time.monotonic()
     out = tool("lnt-terminal", "recharge", "--amount", str(amount), "--card", CPU,
@@ -154,22 +175,11 @@ def test_postgres_cut_and_restored_under_a_running_daemon(
     assert "ledger is unavailable" in log or "did not answer" in log, log[-3000:]
 
     proxy.restore()
-    deadline = time.monotonic() + 30
-    while ready(d) != 200:
-        assert time.monotonic() < deadline, d.log()[-3000:]
-        time.sleep(0.5)
+    ready_again(d)
     code, out, _ = recharge(d, 30)
     assert code == 0 and "loaded order" in out, out
 
-    # the card holds exactly what the books say it was given, across the outage
-    orders = json.loads(tool("lnt-admin", "--ledger", _dsn_of(d), "orders", "--card", CPU,
-                             "--json", data=d.data_dir).stdout)
-    loaded = sum(o["amount"] for o in orders if o["state"] == "loaded")
-    in_doubt = [o for o in orders if o["state"] == "pending"]
-    assert not in_doubt, in_doubt
-    assert card_balance(d.data_dir) == first + loaded
-    check = tool("lnt-admin", "--ledger", _dsn_of(d), "check", data=d.data_dir)
-    assert check.returncode == 0, check.stdout
+    card_agrees_with_the_books(d, _dsn_of(d), first)
     critical = [line for line in d.log().splitlines() if "#critical" in line]
     assert not critical, critical
 
@@ -225,18 +235,10 @@ def test_sqlite_on_a_full_disk_refuses_cleanly_and_recovers(tmp_path: Path,
         assert "the database is unavailable" in d.log()
 
         filler.unlink()  # the disk has room again: no restart needed
-        deadline = time.monotonic() + 30
-        while ready(d) != 200:
-            assert time.monotonic() < deadline, d.log()[-3000:]
-            time.sleep(0.5)
+        ready_again(d)
         code, out, _ = recharge(d, 30)
         assert code == 0 and "loaded order" in out, out
-        orders = json.loads(tool("lnt-admin", "--ledger", ledger, "orders", "--card", CPU,
-                                 "--json", data=d.data_dir).stdout)
-        assert not [o for o in orders if o["state"] == "pending"]
-        loaded = sum(o["amount"] for o in orders if o["state"] == "loaded")
-        assert card_balance(d.data_dir) == first + loaded
-        assert tool("lnt-admin", "--ledger", ledger, "check", data=d.data_dir).returncode == 0
+        card_agrees_with_the_books(d, ledger, first)
         assert "Unhandled" not in d.log() and "#critical" not in d.log()
     finally:
         d.stop()
