@@ -135,3 +135,32 @@ def test_backoff_is_random_and_bounded() -> None:
     waits = [backoff(a) for a in range(1, 11) for _ in range(50)]
     assert all(0 <= w <= 0.32 for w in waits)
     assert len(set(waits)) > 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ledger_that_cannot_be_written_is_unavailable_not_broken(path: Path) -> None:
+    """What SQLite says of a read-only or full file system reaches callers as
+    BackendUnavailable (answered busy); the writer goes on with the next batch."""
+    from lnt.interfaces import BackendUnavailable
+
+    db = Database(DSN.parse(f"sqlite://{path}"))
+    db.start()
+
+    def readonly(cur: Cursor) -> None:
+        cur.execute("PRAGMA query_only=ON")
+        try:
+            cur.execute("INSERT INTO t (k, v) VALUES (7, 'x')")
+        finally:
+            cur.execute("PRAGMA query_only=OFF")
+
+    def full(cur: Cursor) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    try:
+        for func in (readonly, full):
+            with pytest.raises(BackendUnavailable, match="the ledger is unavailable"):
+                await db.runInteraction(func.__name__, func)
+        assert committed(path, 7) is None
+        assert await db.runInteraction("insert", insert, 8, "eight") == 8
+    finally:
+        db.close()

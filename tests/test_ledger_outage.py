@@ -238,6 +238,7 @@ def test_sqlite_on_a_full_disk_refuses_cleanly_and_recovers(tmp_path: Path,
         ready_again(d)
         code, out, _ = recharge(d, 30)
         assert code == 0 and "loaded order" in out, out
+
         card_agrees_with_the_books(d, ledger, first)
         assert "Unhandled" not in d.log() and "#critical" not in d.log()
     finally:
