@@ -93,3 +93,16 @@ def test_dates() -> None:
     for bad in ("99991231", "19991231", "20261331", "2026-11-26", ""):
         with pytest.raises(InputError, match="d must be"):
             yyyymmdd("d", bad)
+
+
+@given(st.text())
+def test_the_surrogate_fast_path_never_misses_one(text: str) -> None:
+    from lnt.domain.inputs import may_hold_surrogates
+
+    has = any("\ud800" <= ch <= "\udfff" for ch in text)
+    for encoded in (json.dumps({"k": text}), json.dumps({text: 1})):
+        if has:
+            assert may_hold_surrogates(encoded)
+        # and what it lets through decodes to valid text
+        if not may_hold_surrogates(encoded):
+            check_text(json.loads(encoded), "x")

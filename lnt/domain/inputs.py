@@ -8,6 +8,7 @@ Pure: no I/O, tested alone (tests/test_inputs.py).
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Any
 
@@ -51,8 +52,21 @@ def json_depth(text: str) -> int:
 
 
 def check_depth(text: str, what: str, limit: int = MAX_DEPTH) -> None:
+    # nesting needs opening brackets: when there are few (every real message), no scan at all
+    if text.count("[") + text.count("{") <= limit:
+        return
     if json_depth(text) > limit:
         raise InputError(f"{what} nests deeper than {limit} levels")
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def may_hold_surrogates(json_text: str) -> bool:
+    """Whether JSON decoded from C{json_text} can hold a lone surrogate: text decoded from
+    UTF-8 holds none, so only a C{\\uD800}-style escape can make one. Most messages have
+    none, and L{check_text} need not walk them."""
+    return _SURROGATE_ESCAPE.search(json_text) is not None
 
 
 def check_text(value: Any, where: str) -> None:

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -45,6 +46,12 @@ R = TypeVar("R")
 #: recharges conflict more often than their rows would suggest: ten attempts with a random,
 #: growing backoff carried 64 concurrent terminals without one exhausted in the benchmark.
 MAX_ATTEMPTS = 10
+
+
+@lru_cache(maxsize=512)
+def _ledger_seconds(desc: str) -> Any:
+    """The histogram's child for one transaction name, looked up once."""
+    return metrics.LEDGER_SECONDS.labels(desc)
 
 
 def _first_line(error: BaseException) -> str:
@@ -568,7 +575,7 @@ class Database:
             )
 
         def observe(result: Any) -> Any:
-            metrics.LEDGER_SECONDS.labels(desc).observe(time.monotonic() - started)
+            _ledger_seconds(desc).observe(time.monotonic() - started)
             if isinstance(result, Failure) and result.check(BackendBusy):
                 metrics.LEDGER_BUSY.labels(desc).inc()
             return result

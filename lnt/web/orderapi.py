@@ -38,6 +38,7 @@ from lnt.domain.inputs import (
     bounded_int,
     check_depth,
     check_text,
+    may_hold_surrogates,
     yyyymmdd,
 )
 from lnt.domain.masking import mask_card
@@ -274,8 +275,9 @@ def user_id_of(userinfo: str | dict[str, Any]) -> str:
     if isinstance(userinfo, str):
         try:
             check_depth(userinfo, "userinfo")
-            userinfo = json.loads(userinfo)
-            check_text(userinfo, "userinfo")
+            text, userinfo = userinfo, json.loads(userinfo)
+            if may_hold_surrogates(text):
+                check_text(userinfo, "userinfo")
         except InputError as e:
             raise APIError(str(e)) from None
         except ValueError:
