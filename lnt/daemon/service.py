@@ -260,6 +260,9 @@ class RechargeService(MultiService):
         await self.flows.drain(self.settings.shutdown_grace)
         await self.processor.stop()
         await self.notifier.stopService()
+        # the other jobs (the money gauges' timer) end before the ledger they read closes
+        for job in [s for s in self if not isinstance(s, ListenerService)]:
+            await job.stopService()
         self.running = 0
         self.ledger.close()
         try:
