@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from lnt.domain.loads import Verdict
     from lnt.domain.records import (
+        ApiContext,
         AtRisk,
         CardIdentity,
         Consignment,
@@ -280,6 +281,14 @@ class ILedger(Interface):
 
     def platform(platform_no: int) -> Deferred[Platform | None]:
         """The third-party platform with this number, if registered."""
+
+    def api_context(platform_no: int, now_ms: int, *, user_id: bytes | None = None,
+                    serial: str | None = None) -> Deferred[ApiContext]:
+        """
+        What an order-API call checks first, in one read: the platform; with C{user_id} the
+        terminal's active PKI card and its live session; with C{serial} the live session of
+        that handshake serial (of an active card) and, when there is one, its PKI card.
+        """
 
     def register_payment(
         platform_no: int, biz_serial_no: str, money: int, user_id: str, pki_no: int,

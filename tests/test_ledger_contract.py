@@ -232,6 +232,38 @@ async def test_session_lifecycle(stores: tuple[SQLLedger, LedgerPKI]) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_api_context_reads_what_the_single_calls_read(
+        stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    """api_context (one read for the order API) agrees with platform, card_for_user, session,
+    session_by_serial and lookup, each asked alone."""
+    ledger, pki = stores
+    c = card()
+    await pki.register(c)
+    await ledger.add_platform(Platform(7, "bikes"))
+    s1 = await ledger.open_session(1001, USER, "0000000000000001", b"K" * 16, 1, 1000, 5000)
+
+    async def agree(now: int) -> None:
+        by_user = await ledger.api_context(7, now, user_id=USER)
+        assert by_user.platform == await ledger.platform(7)
+        assert by_user.card == await pki.card_for_user(USER)
+        assert by_user.session == await ledger.session(1001, now)
+        by_serial = await ledger.api_context(7, now, serial="0000000000000001")
+        assert by_serial.session == await ledger.session_by_serial("0000000000000001", now)
+        expected = await pki.lookup(1001) if by_serial.session is not None else None
+        assert by_serial.card == expected
+
+    await agree(2000)
+    assert (await ledger.api_context(7, 2000, user_id=USER)).session == s1
+    await agree(7000)  # the session expired
+    nothing = await ledger.api_context(8, 2000, user_id=b"nobody-000000001")
+    assert (nothing.platform, nothing.card, nothing.session) == (None, None, None)
+    assert (await ledger.api_context(7, 2000)).card is None
+    await pki.revoke(1001)
+    await agree(2000)  # a revoked card has no session, and is no terminal of its user
+    assert (await ledger.api_context(7, 2000, user_id=USER)).card is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_session_key_is_sealed_at_rest(stores: tuple[SQLLedger, LedgerPKI],
                                              dsn: DSN) -> None:
     ledger, pki = stores

@@ -164,7 +164,7 @@ def test_order_api_refusal_keeps_the_payment_visible() -> None:
 
 
 def test_order_api_answers_busy_when_the_ledger_hangs() -> None:
-    site = Site(hang={"platform"})
+    site = Site(hang={"api_context"})
     d = site.login("B3", 500)
     site.http.flush()
     site.clock.advance(TIMEOUT + 0.1)  # the ledger never answers: only the timeout can

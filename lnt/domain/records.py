@@ -100,6 +100,16 @@ class AtRisk:
     note: str
 
 
+@dataclass(frozen=True)
+class ApiContext:
+    """What an order-API call needs to know first, read together: its platform, the terminal's
+    PKI card and its live session (each None when there is none)."""
+
+    platform: Platform | None
+    card: PKICard | None
+    session: Session | None
+
+
 class NotFound(Exception):
     """What the request refers to does not exist."""
 

@@ -20,6 +20,7 @@ from lnt.domain.eligibility import card_refusal
 from lnt.domain.loads import STALE_ORDER_MS, IllegalMove, Verdict, operator_decision
 from lnt.domain.records import (
     CHINA,
+    ApiContext,
     AtRisk,
     CardIdentity,
     CardKind,
@@ -55,6 +56,7 @@ from lnt.storage.journal import (
 )
 from lnt.storage.migrations import current_version
 from lnt.storage.orders import ORDER_COLUMNS, insert_order, insert_payment
+from lnt.storage.pkicards import PKI_COLUMNS, pki_card
 from lnt.storage.registry import issued_card
 
 #: what the health probe seals with the platform key, to tell a wrong key file
@@ -215,6 +217,42 @@ class SQLLedger:
             return None if row is None else Platform(int(row[0]), str(row[1]), bool(row[2]))
 
         return self.db.runInteraction("platform", txn)
+
+    def api_context(self, platform_no: int, now_ms: int, *, user_id: bytes | None = None,
+                    serial: str | None = None) -> Deferred[ApiContext]:
+        def txn(cur: Cursor) -> tuple[Any, ...]:
+            row = cur.execute("SELECT platform_no, name, active FROM platforms"
+                              " WHERE platform_no = ?", (platform_no,)).fetchone()
+            platform = None if row is None else Platform(int(row[0]), str(row[1]),
+                                                         bool(row[2]))
+            card_row = session_row = None
+            if user_id is not None:
+                card_row = cur.execute(f"SELECT {PKI_COLUMNS} FROM pki_cards WHERE user_id = ?"
+                                       " AND status = ? ORDER BY pki_no LIMIT 1",
+                                       (user_id.hex(), CardStatus.ACTIVE.value)).fetchone()
+                if card_row is not None:
+                    session_row = cur.execute(
+                        f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE pki_no = ?",
+                        (card_row[0],)).fetchone()
+            elif serial is not None:
+                session_row = cur.execute(
+                    f"SELECT {self._SESSION_COLUMNS} FROM sessions s WHERE serial = ?"
+                    " AND EXISTS (SELECT 1 FROM pki_cards c WHERE c.pki_no = s.pki_no"
+                    " AND c.status = ?)", (serial, CardStatus.ACTIVE.value)).fetchone()
+                if session_row is not None:
+                    card_row = cur.execute(f"SELECT {PKI_COLUMNS} FROM pki_cards WHERE"
+                                           " pki_no = ?", (session_row[0],)).fetchone()
+            return platform, card_row, session_row
+
+        def opened(found: tuple[Any, ...]) -> ApiContext:
+            platform, card_row, session_row = found
+            session = self._session(session_row, now_ms)
+            if serial is not None and session is None:
+                card_row = None  # the card of a serial is the card of its live session
+            return ApiContext(platform, None if card_row is None else pki_card(card_row),
+                              session)
+
+        return self.db.runInteraction("api context", txn).addCallback(opened)
 
     def add_platform(self, platform: Platform) -> Deferred[bool]:
         def txn(cur: Cursor) -> bool:

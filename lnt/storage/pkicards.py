@@ -16,10 +16,10 @@ from lnt.interfaces import IPKI
 from lnt.keyfiles import PlatformKeys
 from lnt.storage.database import Cursor, Transactor
 
-_COLUMNS = "pki_no, user_id, public_key, key_version, status"
+PKI_COLUMNS = _COLUMNS = "pki_no, user_id, public_key, key_version, status"
 
 
-def _card(row: tuple[Any, ...]) -> PKICard:
+def pki_card(row: tuple[Any, ...]) -> PKICard:
     pki_no, user_id, public_key, key_version, status = row
     return PKICard(int(pki_no), bytes.fromhex(user_id), bytes(public_key), int(key_version),
                    CardStatus(status))
@@ -41,7 +41,7 @@ class LedgerPKI:
         def txn(cur: Cursor) -> PKICard | None:
             row = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards WHERE pki_no = ?",
                               (pki_no,)).fetchone()
-            return None if row is None else _card(row)
+            return None if row is None else pki_card(row)
 
         return self.db.runInteraction("pki lookup", txn)
 
@@ -86,13 +86,13 @@ class LedgerPKI:
             row = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards WHERE user_id = ? AND"
                               " status = ? ORDER BY pki_no LIMIT 1",
                               (user_id.hex(), CardStatus.ACTIVE.value)).fetchone()
-            return None if row is None else _card(row)
+            return None if row is None else pki_card(row)
 
         return self.db.runInteraction("pki card_for_user", txn)
 
     def cards(self) -> Deferred[list[PKICard]]:
         def txn(cur: Cursor) -> list[PKICard]:
             rows = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards ORDER BY pki_no").fetchall()
-            return [_card(r) for r in rows]
+            return [pki_card(r) for r in rows]
 
         return self.db.runInteraction("pki cards", txn)

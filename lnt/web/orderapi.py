@@ -45,12 +45,14 @@ from lnt.domain.masking import mask_card
 from lnt.domain.records import (
     CHINA,
     CPU_BALANCE_LIMIT,
+    ApiContext,
     CardIdentity,
     CardRefused,
     Conflict,
     NotFound,
     Order,
     OrderState,
+    Platform,
     Session,
 )
 from lnt.interfaces import IPKI, BackendTimeout, BackendUnavailable, ILedger, bounded
@@ -379,16 +381,28 @@ class OrderAPI:
         return Call(timestamp, fields, data if isinstance(data, str) else "")
 
     async def check_platform(self, platform_no: int) -> None:
-        platform = await self._backend(self.ledger.platform(platform_no))
+        self._platform_ok(await self._backend(self.ledger.platform(platform_no)), platform_no)
+
+    @staticmethod
+    def _platform_ok(platform: Platform | None, platform_no: int) -> None:
         if platform is None or not platform.active:
             raise APIError(f"unknown platform {platform_no}")
 
     async def live_session(self, serial: str, pki: str | None,
                            userinfo: str | dict[str, Any]) -> Session:
-        if not re.fullmatch(r"\d{16}", serial):
-            raise APIError("serial must be the 16-digit handshake serial of a sign-in")
+        self._serial_ok(serial)
         session: Session | None = await self._backend(
             self.ledger.session_by_serial(serial, self.now_ms()))
+        return self._session_ok(session, serial, pki, userinfo)
+
+    @staticmethod
+    def _serial_ok(serial: str) -> None:
+        if not re.fullmatch(r"\d{16}", serial):
+            raise APIError("serial must be the 16-digit handshake serial of a sign-in")
+
+    @staticmethod
+    def _session_ok(session: Session | None, serial: str, pki: str | None,
+                    userinfo: str | dict[str, Any]) -> Session:
         if session is None:
             raise APIError(f"serial {serial} is no live sign-in session: sign in (DD01) again")
         if pki is not None and pki != f"{session.pki_no:08d}" and pki != str(session.pki_no):
@@ -413,7 +427,16 @@ class OrderAPI:
 
     async def appl_login(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
         req = typed(ApplLoginRequest, call)
-        await self.check_platform(req.platform)
+        try:
+            userid: str | None = user_id_of(req.userinfo)
+            bad_userinfo: APIError | None = None
+        except APIError as e:
+            userid, bad_userinfo = None, e
+        # the platform, the terminal's card and its session in one read (the checks keep
+        # their order: an unknown platform is said first)
+        ctx: ApiContext = await self._backend(self.ledger.api_context(
+            req.platform, self.now_ms(), user_id=None if userid is None else userid.encode()))
+        self._platform_ok(ctx.platform, req.platform)
         if req.type != 5:
             raise APIError(f"type {req.type} is not supported: 5 (create a third-party "
                            "recharge order)")
@@ -423,11 +446,11 @@ class OrderAPI:
         money = req.money
         if not 0 < money <= MAX_MONEY:
             raise APIError(f"money must be 1..{MAX_MONEY} fen")
-        userid = user_id_of(req.userinfo)
-        card = await self._backend(self.pki.card_for_user(userid.encode()))
+        if bad_userinfo is not None or userid is None:
+            raise bad_userinfo or APIError("userinfo has no userid")
+        card, session = ctx.card, ctx.session
         if card is None:
             raise APIError(f"no terminal is registered for userid {userid}")
-        session = await self._backend(self.ledger.session(card.pki_no, self.now_ms()))
         if session is None:
             raise APIError(f"terminal {userid} is not signed in: sign in (DD01) first")
         fingerprint = hashlib.sha256(json.dumps([userid, money, req.type]).encode()).hexdigest()
@@ -484,9 +507,14 @@ class OrderAPI:
 
     async def create_order(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
         req = typed(CreateOrderRequest, call)
-        await self.check_platform(req.platform)
-        session = await self.live_session(req.serial, req.pki, req.userinfo)
-        card_key = await self._backend(self.pki.lookup(session.pki_no))
+        # the platform, the serial's session and its PKI card in one read
+        serial_ok = re.fullmatch(r"\d{16}", req.serial) is not None
+        ctx: ApiContext = await self._backend(self.ledger.api_context(
+            req.platform, self.now_ms(), serial=req.serial if serial_ok else None))
+        self._platform_ok(ctx.platform, req.platform)
+        self._serial_ok(req.serial)
+        session = self._session_ok(ctx.session, req.serial, req.pki, req.userinfo)
+        card_key = ctx.card
         if card_key is None or not card_key.active:
             raise APIError(f"PKI card {session.pki_no} is not active")
         if req.crt_version != card_key.key_version:
