@@ -24,6 +24,7 @@ class ConnectionBudget(WrappingFactory):
     """C{wrapped} with at most C{limit} connections open; L{add_port} names the ports to pause."""
 
     protocol = ProtocolWrapper
+    noisy = False  # the listener says it listens; "Starting factory <...>" adds nothing
 
     def __init__(self, wrapped: Any, limit: int, name: str) -> None:
         super().__init__(wrapped)
