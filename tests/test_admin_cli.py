@@ -152,12 +152,19 @@ def test_platforms_and_a_revoked_terminal_enabled_again(tmp_path: Path) -> None:
         flows = f"127.0.0.1:{d.flows_port}"
 
         def signin() -> int:
+            return signin_out().returncode
+
+        def signin_out() -> subprocess.CompletedProcess[str]:
             return terminal("--data-dir", str(tmp_path), "--flows", flows, "--key-file",
-                            str(key), "signin").returncode
+                            str(key), "signin")
 
         assert signin() == 0
         assert admin("--data-dir", data, "terminal", "revoke", "4711").returncode == 0
-        assert signin() == 1
+        refused = signin_out()
+        # the A1 names no cause; the terminal says what it may be and where to look
+        assert refused.returncode == 1 and "A1" in refused.stderr
+        assert "revoked" in refused.stderr and "the daemon's log says which" in refused.stderr
+        assert "PKI card is revoked" in d.log()
         assert admin("--data-dir", data, "terminal", "enable", "4711").returncode == 0
         assert signin() == 0
         assert admin("--data-dir", data, "terminal", "enable", "1").returncode == 1

@@ -62,6 +62,21 @@ from lnt.wire import NO_PKI, InfoCode, Request, Response, describe_code, encode_
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NETWORK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4
 
 
+#: what a code that names no cause may mean: the protocol's table has no codes for these
+#: causes, so the platform's log holds the reason (docs/protocol.rst, "Info codes")
+REFUSAL_HINTS: dict[int, str] = {
+    InfoCode.NO_PUBLIC_KEY: "this daemon does not accept the terminal's PKI card: unknown to it "
+                            "(another daemon?), revoked, bound to another user ID, or another "
+                            "key version; the daemon's log says which",
+    InfoCode.BACKEND_ERROR: "the platform refused: e.g. the card is closed, the load would pass "
+                            "the card's limit, or a MAC does not verify; the daemon's log says "
+                            "which",
+    InfoCode.SYSTEM_BUSY: "the platform is busy or resolved an earlier load first: send again",
+    InfoCode.REVERSAL_FAILED: "an earlier load of this card is still in doubt: an operator "
+                              "resolves it (lnt-admin loads --in-doubt)",
+}
+
+
 class Interrupted(Exception):
     """The terminal dropped the connection on purpose (--interrupt)."""
 
@@ -482,6 +497,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome.append(EXIT_INTERRUPTED)
         except (FlowRefused, APIRefused, RecordMismatch) as e:
             print(f"refused: {e}", file=sys.stderr)
+            hint = REFUSAL_HINTS.get(e.code) if isinstance(e, FlowRefused) else None
+            if hint:
+                print(f"  ({hint})", file=sys.stderr)
             outcome.append(EXIT_REFUSED)
         except UsageError as e:
             print(f"lnt-terminal: {e}", file=sys.stderr)
