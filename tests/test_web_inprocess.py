@@ -69,7 +69,7 @@ class Site:
                                                   self.card.physical.hex()), 0))
         api_ledger: Any = HangingLedger(ledger, hang or set())
         root = Root()
-        orderapi.install(root, OrderAPI(api_ledger, self.b.pki, self.clock, TIMEOUT, 300))
+        orderapi.install(root, OrderAPI(api_ledger, self.clock, TIMEOUT, 300))
         self.store = SQLConsignments(self.b.db, self.b.keys.sealer())
         issuer = VoucherIssuer(self.b.db, self.b.keys.storage_key)
         processor = Processor(self.store, issuer, self.clock, lambda: None, TIMEOUT)

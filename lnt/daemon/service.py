@@ -347,7 +347,7 @@ def _make_service(options: Options, reactor: Any = None) -> RechargeService:
 
     root = Root()
     root.putChild(b"health", Health(ledger, clock, settings.backend_timeout))
-    orderapi.install(root, OrderAPI(ledger, pki, clock, settings.backend_timeout,
+    orderapi.install(root, OrderAPI(ledger, clock, settings.backend_timeout,
                                     settings.timestamp_window))
     store = SQLConsignments(db, keys.sealer())
     issuer = VoucherIssuer(db, keys.storage_key)

@@ -32,7 +32,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lnt import metrics
 from lnt.flows.context import IFlow
 from lnt.logmask import Logger
 from lnt.wire import (
@@ -265,7 +264,6 @@ class DDServerFactory(Factory):
         self.context = context
         self.max_connections = max_connections
         self.connections: set[DispatchProtocol] = set()
-        metrics.OPEN_CONNECTIONS.labels("flows").set_function(lambda: len(self.connections))
         self._drained: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: IAddress | None) -> DispatchProtocol:  # type: ignore[override]

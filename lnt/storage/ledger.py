@@ -56,7 +56,7 @@ from lnt.storage.journal import (
 )
 from lnt.storage.migrations import current_version
 from lnt.storage.orders import ORDER_COLUMNS, insert_order, insert_payment
-from lnt.storage.pkicards import PKI_COLUMNS, pki_card
+from lnt.storage.pkicards import active_card_of_user, card_numbered
 from lnt.storage.registry import issued_card
 
 #: what the health probe seals with the platform key, to tell a wrong key file
@@ -148,12 +148,10 @@ class SQLLedger:
 
         return self.db.runInteraction("open_session", txn)
 
-    _SESSION_COLUMNS = "pki_no, user_id, serial, session_key, created_ms, expires_ms"
-
     def _session(self, row: tuple[Any, ...] | None, now_ms: int) -> Session | None:
         if row is None:
             return None
-        r = by_name(self._SESSION_COLUMNS, row)
+        r = by_name(_SESSION_COLUMNS, row)
         if now_ms >= r["expires_ms"]:
             return None
         key = self._sealer.open(bytes(r["session_key"]), b"session:%d" % r["pki_no"])
@@ -161,26 +159,12 @@ class SQLLedger:
                        int(r["created_ms"]), int(r["expires_ms"]))
 
     def session(self, pki_no: int, now_ms: int) -> Deferred[Session | None]:
-        def txn(cur: Cursor) -> tuple[Any, ...] | None:
-            return cur.execute(
-                f"SELECT {self._SESSION_COLUMNS} FROM sessions s WHERE pki_no = ?"
-                " AND EXISTS (SELECT 1 FROM pki_cards c WHERE c.pki_no = s.pki_no"
-                " AND c.status = ?)",
-                (pki_no, CardStatus.ACTIVE.value),
-            ).fetchone()
-
-        return self.db.runInteraction("session", txn).addCallback(self._session, now_ms)
+        return self.db.runInteraction("session", _session_row, "pki_no", pki_no).addCallback(
+            self._session, now_ms)
 
     def session_by_serial(self, serial: str, now_ms: int) -> Deferred[Session | None]:
-        def txn(cur: Cursor) -> tuple[Any, ...] | None:
-            return cur.execute(
-                f"SELECT {self._SESSION_COLUMNS} FROM sessions s WHERE serial = ?"
-                " AND EXISTS (SELECT 1 FROM pki_cards c WHERE c.pki_no = s.pki_no"
-                " AND c.status = ?)",
-                (serial, CardStatus.ACTIVE.value),
-            ).fetchone()
-
-        return self.db.runInteraction("session_by_serial", txn).addCallback(self._session, now_ms)
+        return self.db.runInteraction("session_by_serial", _session_row, "serial", serial
+                                      ).addCallback(self._session, now_ms)
 
     def record_signin(
         self, pki_no: int | None, user_id: bytes, outcome: str, now_ms: int
@@ -211,46 +195,28 @@ class SQLLedger:
     # -- platforms, payments, orders -----------------------------------------------------------
 
     def platform(self, platform_no: int) -> Deferred[Platform | None]:
-        def txn(cur: Cursor) -> Platform | None:
-            row = cur.execute("SELECT platform_no, name, active FROM platforms"
-                              " WHERE platform_no = ?", (platform_no,)).fetchone()
-            return None if row is None else Platform(int(row[0]), str(row[1]), bool(row[2]))
-
-        return self.db.runInteraction("platform", txn)
+        return self.db.runInteraction("platform", _platform, platform_no)
 
     def api_context(self, platform_no: int, now_ms: int, *, user_id: bytes | None = None,
                     serial: str | None = None) -> Deferred[ApiContext]:
         def txn(cur: Cursor) -> tuple[Any, ...]:
-            row = cur.execute("SELECT platform_no, name, active FROM platforms"
-                              " WHERE platform_no = ?", (platform_no,)).fetchone()
-            platform = None if row is None else Platform(int(row[0]), str(row[1]),
-                                                         bool(row[2]))
-            card_row = session_row = None
+            card = session_row = None
             if user_id is not None:
-                card_row = cur.execute(f"SELECT {PKI_COLUMNS} FROM pki_cards WHERE user_id = ?"
-                                       " AND status = ? ORDER BY pki_no LIMIT 1",
-                                       (user_id.hex(), CardStatus.ACTIVE.value)).fetchone()
-                if card_row is not None:
-                    session_row = cur.execute(
-                        f"SELECT {self._SESSION_COLUMNS} FROM sessions WHERE pki_no = ?",
-                        (card_row[0],)).fetchone()
+                card = active_card_of_user(cur, user_id)
+                if card is not None:
+                    session_row = _session_row(cur, "pki_no", card.pki_no)
             elif serial is not None:
-                session_row = cur.execute(
-                    f"SELECT {self._SESSION_COLUMNS} FROM sessions s WHERE serial = ?"
-                    " AND EXISTS (SELECT 1 FROM pki_cards c WHERE c.pki_no = s.pki_no"
-                    " AND c.status = ?)", (serial, CardStatus.ACTIVE.value)).fetchone()
+                session_row = _session_row(cur, "serial", serial)
                 if session_row is not None:
-                    card_row = cur.execute(f"SELECT {PKI_COLUMNS} FROM pki_cards WHERE"
-                                           " pki_no = ?", (session_row[0],)).fetchone()
-            return platform, card_row, session_row
+                    card = card_numbered(cur, int(session_row[0]))
+            return _platform(cur, platform_no), card, session_row
 
         def opened(found: tuple[Any, ...]) -> ApiContext:
-            platform, card_row, session_row = found
+            platform, card, session_row = found
             session = self._session(session_row, now_ms)
             if serial is not None and session is None:
-                card_row = None  # the card of a serial is the card of its live session
-            return ApiContext(platform, None if card_row is None else pki_card(card_row),
-                              session)
+                card = None  # the card of a serial is the card of its live session
+            return ApiContext(platform, card, session)
 
         return self.db.runInteraction("api context", txn).addCallback(opened)
 
@@ -385,14 +351,9 @@ class SQLLedger:
     def secure_session(self, pki_no: int, now_ms: int, count: int
                        ) -> Deferred[tuple[Session, int] | None]:
         def txn(cur: Cursor) -> tuple[tuple[Any, ...], int] | None:
-            row = cur.execute(
-                f"SELECT {self._SESSION_COLUMNS} FROM sessions s WHERE pki_no = ?"
-                " AND expires_ms > ? AND EXISTS (SELECT 1 FROM pki_cards c"
-                " WHERE c.pki_no = s.pki_no AND c.status = ?)",
-                (pki_no, now_ms, CardStatus.ACTIVE.value),
-            ).fetchone()
-            if row is None:
-                return None
+            row = _session_row(cur, "pki_no", pki_no)
+            if row is None or by_name(_SESSION_COLUMNS, row)["expires_ms"] <= now_ms:
+                return None  # no seqs for an expired session
             seq = cur.execute("UPDATE sessions SET sm_seq = sm_seq + ? WHERE pki_no = ?"
                               " RETURNING sm_seq", (count, pki_no)).fetchone()
             assert seq is not None
@@ -730,6 +691,24 @@ class SQLLedger:
 
     def close(self) -> None:
         self.db.close()
+
+
+_SESSION_COLUMNS = "pki_no, user_id, serial, session_key, created_ms, expires_ms"
+
+
+def _session_row(cur: Cursor, column: str, value: object) -> tuple[Any, ...] | None:
+    """The session whose C{column} ("pki_no" or "serial") is C{value}, of an active card, as
+    a row of L{_SESSION_COLUMNS} (expired or not: L{SQLLedger._session} decides)."""
+    assert column in ("pki_no", "serial")
+    return cur.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions s WHERE {column} = ?"
+                       " AND EXISTS (SELECT 1 FROM pki_cards c WHERE c.pki_no = s.pki_no"
+                       " AND c.status = ?)", (value, CardStatus.ACTIVE.value)).fetchone()
+
+
+def _platform(cur: Cursor, platform_no: int) -> Platform | None:
+    row = cur.execute("SELECT platform_no, name, active FROM platforms WHERE platform_no = ?",
+                      (platform_no,)).fetchone()
+    return None if row is None else Platform(int(row[0]), str(row[1]), bool(row[2]))
 
 
 def _next_serial(cur: Cursor, pki_no: int, now_ms: int) -> str:

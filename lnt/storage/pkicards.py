@@ -16,13 +16,28 @@ from lnt.interfaces import IPKI
 from lnt.keyfiles import PlatformKeys
 from lnt.storage.database import Cursor, Transactor
 
-PKI_COLUMNS = _COLUMNS = "pki_no, user_id, public_key, key_version, status"
+_COLUMNS = "pki_no, user_id, public_key, key_version, status"
 
 
 def pki_card(row: tuple[Any, ...]) -> PKICard:
     pki_no, user_id, public_key, key_version, status = row
     return PKICard(int(pki_no), bytes.fromhex(user_id), bytes(public_key), int(key_version),
                    CardStatus(status))
+
+
+def card_numbered(cur: Cursor, pki_no: int) -> PKICard | None:
+    """The PKI card with this number, whatever its status (in the caller's transaction)."""
+    row = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards WHERE pki_no = ?",
+                      (pki_no,)).fetchone()
+    return None if row is None else pki_card(row)
+
+
+def active_card_of_user(cur: Cursor, user_id: bytes) -> PKICard | None:
+    """The active PKI card bound to this user ID, if any (in the caller's transaction)."""
+    row = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards WHERE user_id = ? AND status = ?"
+                      " ORDER BY pki_no LIMIT 1", (user_id.hex(), CardStatus.ACTIVE.value)
+                      ).fetchone()
+    return None if row is None else pki_card(row)
 
 
 @implementer(IPKI)
@@ -38,12 +53,7 @@ class LedgerPKI:
         return self._keys.sign(data)
 
     def lookup(self, pki_no: int) -> Deferred[PKICard | None]:
-        def txn(cur: Cursor) -> PKICard | None:
-            row = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards WHERE pki_no = ?",
-                              (pki_no,)).fetchone()
-            return None if row is None else pki_card(row)
-
-        return self.db.runInteraction("pki lookup", txn)
+        return self.db.runInteraction("pki lookup", card_numbered, pki_no)
 
     def register(self, card: PKICard) -> Deferred[None]:
         public_from_raw(card.public_key)  # refuse a key that is not a curve point
@@ -82,13 +92,7 @@ class LedgerPKI:
         return self.db.runInteraction("pki enable", txn)
 
     def card_for_user(self, user_id: bytes) -> Deferred[PKICard | None]:
-        def txn(cur: Cursor) -> PKICard | None:
-            row = cur.execute(f"SELECT {_COLUMNS} FROM pki_cards WHERE user_id = ? AND"
-                              " status = ? ORDER BY pki_no LIMIT 1",
-                              (user_id.hex(), CardStatus.ACTIVE.value)).fetchone()
-            return None if row is None else pki_card(row)
-
-        return self.db.runInteraction("pki card_for_user", txn)
+        return self.db.runInteraction("pki card_for_user", active_card_of_user, user_id)
 
     def cards(self) -> Deferred[list[PKICard]]:
         def txn(cur: Cursor) -> list[PKICard]:

@@ -55,7 +55,7 @@ from lnt.domain.records import (
     Platform,
     Session,
 )
-from lnt.interfaces import IPKI, BackendTimeout, BackendUnavailable, ILedger, bounded
+from lnt.interfaces import BackendTimeout, BackendUnavailable, ILedger, bounded
 from lnt.logmask import Logger
 from lnt.messages import cardscript
 from lnt.messages.cardscript import ScriptError
@@ -98,6 +98,8 @@ def _fields(clear: str, encrypted: str, optional: str = "", either: str = "",
 
 
 INT = int
+#: a handshake serial, as sign-in allocates them
+SERIAL = re.compile(r"\d{16}")
 #: the integer fields' ranges (any other integer: 0 .. the ledger's 64-bit columns)
 INT_BOUNDS = {"platformRaw": (0, 2**31 - 1), "platform": (0, 2**31 - 1),
               # (the amounts' business range, 1..100000 fen, is checked with its own message)
@@ -331,10 +333,9 @@ Handler = Callable[[Call], Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
 class OrderAPI:
     """The three endpoints' logic; talks to the backends through their interfaces only."""
 
-    def __init__(self, ledger: ILedger, pki: IPKI, clock: IReactorTime, timeout: float,
+    def __init__(self, ledger: ILedger, clock: IReactorTime, timeout: float,
                  window: float) -> None:
         self.ledger = ledger
-        self.pki = pki
         self.clock = clock
         self.timeout = timeout
         self.window = window
@@ -397,7 +398,7 @@ class OrderAPI:
 
     @staticmethod
     def _serial_ok(serial: str) -> None:
-        if not re.fullmatch(r"\d{16}", serial):
+        if not SERIAL.fullmatch(serial):
             raise APIError("serial must be the 16-digit handshake serial of a sign-in")
 
     @staticmethod
@@ -508,7 +509,7 @@ class OrderAPI:
     async def create_order(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
         req = typed(CreateOrderRequest, call)
         # the platform, the serial's session and its PKI card in one read
-        serial_ok = re.fullmatch(r"\d{16}", req.serial) is not None
+        serial_ok = SERIAL.fullmatch(req.serial) is not None
         ctx: ApiContext = await self._backend(self.ledger.api_context(
             req.platform, self.now_ms(), serial=req.serial if serial_ok else None))
         self._platform_ok(ctx.platform, req.platform)
