@@ -105,6 +105,9 @@ class Terminal:
     #: its terminals live as long as its process, and fsyncing them would make it the
     #: bottleneck it must not be)
     volatile: bool = False
+    #: the order API's HTTP agent, shared by the load generator's terminals (None: the
+    #: client's own)
+    agent: Any = None
 
     def __post_init__(self) -> None:
         card = self.present(self.transit_card)
@@ -138,7 +141,7 @@ class Terminal:
             raise UsageError(f"no HTTP address of the daemon: give --http URL, or run it with "
                              f"{self.data_dir} as its data directory")
         return OrderClient(self.http, self.platform, self.reader,
-                           self.user_id.decode("ascii"), self.timeout)
+                           self.user_id.decode("ascii"), self.timeout, agent=self.agent)
 
     async def session_serial(self, reactor: Any, fresh: bool = False) -> str:
         if fresh or self.reader.session is None:

@@ -173,13 +173,19 @@ def report(stats: Stats, wall: float, daemon_cpu: float | None, own_cpu: float,
 
 def terminals_for(provisioned: list[tuple[Path, str]], host: str, port: int, http: str,
                   timeout: float, platform: int) -> list[Any]:
-    from lnt.sim.cli import Terminal
+    from twisted.internet import reactor
 
+    from lnt.sim.cli import Terminal
+    from lnt.sim.orderclient import shared_agent
+
+    # one connection per terminal kept open to the order API, as an app's backend would:
+    # a pool of Twisted's default two per host would open and close one per call
+    agent = shared_agent(reactor, len(provisioned))
     out = []
     for data, logical in provisioned:
         key = CardKeyFile.load(data / "key.json")
         out.append(Terminal(data, host, port, http, timeout, key.user_id, key, platform,
-                            logical, out=_Discard(), volatile=True))
+                            logical, out=_Discard(), volatile=True, agent=agent))
     return out
 
 
