@@ -164,3 +164,32 @@ async def test_a_ledger_that_cannot_be_written_is_unavailable_not_broken(path: P
         assert await db.runInteraction("insert", insert, 8, "eight") == 8
     finally:
         db.close()
+
+
+def test_one_caller_in_a_bad_state_does_not_keep_the_batch_from_the_others() -> None:
+    """A committed batch is told in one call on the reactor thread; a Deferred fired already
+    (a bug elsewhere) is logged and the callers after it still hear of their commit."""
+    from typing import cast
+
+    from twisted.logger import ILogObserver, globalLogPublisher
+
+    from lnt.storage.database import _fire, _Queued
+
+    seen: list[object] = []
+    done = [defer.Deferred[object]() for _ in range(3)]
+    done[0].callback("early")
+    errors: list[object] = []
+    done[2].addErrback(errors.append)
+    for d in done[1:2]:
+        d.addCallback(seen.append)
+    events: list[dict[str, object]] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        _fire([_Queued(f"q{i}", insert, (), {}, d) for i, d in enumerate(done)],
+              [(True, "a"), (True, "b"), (False, Failure(ValueError("c")))])
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert seen == ["b"]
+    assert len(errors) == 1 and isinstance(errors[0], Failure) and errors[0].check(ValueError)
+    assert [e.get("desc") for e in events if e.get("log_failure")] == ["q0"]

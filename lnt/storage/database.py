@@ -385,6 +385,18 @@ class _Queued:
 _STOP = object()
 
 
+def _fire(batch: list[_Queued], outcomes: list[tuple[bool, Any]]) -> None:
+    """Tell a committed batch's callers (on the reactor thread), in the order they queued."""
+    for item, (ok, value) in zip(batch, outcomes, strict=True):
+        try:
+            if ok:
+                item.done.callback(value)
+            else:
+                item.done.errback(value)
+        except Exception:  # one caller's Deferred in a bad state must not silence the others
+            log.failure("group commit: telling the caller of {desc} failed", desc=item.desc)
+
+
 class GroupCommitWriter:
     """
     SQLite's group commit. One writer thread takes the interactions queued since its last
@@ -517,10 +529,8 @@ class GroupCommitWriter:
             break
         self.commits += 1
         self.interactions += len(batch)
-        # told only now, with the batch durable
-        for item, (ok, value) in zip(batch, outcomes, strict=True):
-            fire = item.done.callback if ok else item.done.errback
-            self._reactor.callFromThread(fire, value)
+        # told only now, with the batch durable; one wake-up of the reactor for the batch
+        self._reactor.callFromThread(_fire, batch, outcomes)
 
 
 class Transactor(Protocol):
