@@ -1,13 +1,20 @@
 """
-The ceiling: what bare Twisted does on this machine with the recharge flow's shape, six
-request/response round trips per connection with DD frames of the recharge's sizes, and nothing
-else (no SQL, no crypto, no flow logic). ``make bench`` runs it in the same run as the daemon
-and prints the ratio; a recharge can never be faster than this.
+The ceiling: what bare Twisted does on this machine with the recharge's shape and nothing else
+(no SQL, no crypto, no flow logic). ``make bench`` runs it in the same run as the daemon and
+prints the ratios; a recharge can never be faster than this. Two shapes:
+
+* DD only (L{session}): the six DD round trips of DD11-DD22 on a new connection, frames of the
+  recharge's sizes: the ceiling the issue first named;
+* the whole recharge (L{whole_session}): first the order API's two calls, POSTs of
+  APPLLogin's and CreateAutoLoadOrder's sizes over a kept-open connection with the load
+  generator's own HTTP client (twisted.web's Agent, L{lnt.sim.orderclient.post_json}), answered
+  by a bare twisted.web resource with answers of their sizes, then the six DD round trips:
+  the same eight round trips as a recharge session of the load generator.
 
     python -m bench.ceiling serve      # servers on OS-chosen loopback ports (prints them)
 
-``serve`` also runs a bare twisted.web resource (the HTTP ceiling): it reads a POST body and
-answers 190 bytes of JSON, as the order API's answers are long, with nothing in between.
+``serve``'s bare twisted.web resource is also the HTTP ceiling of ``make bench``: it reads a
+POST body and answers JSON with nothing in between.
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.web import resource, server
 
+from lnt.sim.orderclient import post_json, shared_agent
 from lnt.wire import FlowIndicator, FrameDecoder, InfoCode, Request, Response, response_header
 
 #: (request header, request info size, response info size) of the recharge's six round trips
 SHAPE = ((0xDD11, 15, 29), (0xDD13, 82, 85), (0xDD15, 74, 93), (0xDD17, 106, 61),
          (0xDD19, 82, 128), (0xDD21, 74, 30))
 RESPONSE_SIZE = {header: size for header, _, size in SHAPE}
+#: (path, request body size, answer size) of the order API's two calls before DD11
+HTTP_SHAPE = ((b"APPLLogin", 693, 557), (b"CreateAutoLoadOrder", 821, 189))
 USER = b"CEILING-TERMINAL"
 
 
@@ -77,31 +87,52 @@ async def session(reactor: Any, port: int) -> float:
     return time.perf_counter() - start
 
 
-async def measure(reactor: Any, port: int, sessions: int, concurrency: int
-                  ) -> tuple[float, float]:
-    """(sessions/s, p50 ms) of C{sessions} sessions, C{concurrency} at once."""
+async def whole_session(reactor: Any, port: int, web_url: bytes, agent: Any) -> float:
+    start = time.perf_counter()
+    for path, size, answer in HTTP_SHAPE:
+        code, body = await post_json(agent, web_url + path, bytes(size))
+        assert code == 200 and len(body) == answer, (code, len(body))
+    return time.perf_counter() - start + await session(reactor, port)
+
+
+async def measure(reactor: Any, port: int, sessions: int, concurrency: int,
+                  web_port: int | None = None) -> tuple[float, float]:
+    """(sessions/s, p50 ms) of C{sessions} sessions, C{concurrency} at once: DD only, or the
+    whole recharge's shape when C{web_port} is given."""
     left = iter(range(sessions))
     latencies: list[float] = []
+    agent = shared_agent(reactor, concurrency)
+    web_url = f"http://127.0.0.1:{web_port}/".encode()
 
     async def worker() -> None:
         for _ in left:
-            latencies.append(await session(reactor, port))
+            latencies.append(await (session(reactor, port) if web_port is None else
+                                    whole_session(reactor, port, web_url, agent)))
 
     start = time.perf_counter()
     await defer.gatherResults([defer.Deferred.fromCoroutine(worker())
                                for _ in range(concurrency)])
     wall = time.perf_counter() - start
+    await agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
     return len(latencies) / wall, statistics.median(latencies) * 1000
+
+
+def _answer(size: int) -> bytes:
+    head = b'{"status":1,"errmsg":"","data":"'
+    return head + b"0" * (size - len(head) - 2) + b'"}'
 
 
 class Bare(resource.Resource):
     isLeaf = True
-    ANSWER = b'{"status":1,"errmsg":"","data":"' + b"0" * 160 + b'"}'
+    #: 190 bytes of JSON, as the order API's answers are long; the two calls of a recharge
+    #: answered with their own sizes
+    ANSWER = _answer(190)
+    ANSWERS = {b"/" + path: _answer(size) for path, _, size in HTTP_SHAPE}
 
     def render_POST(self, request: Any) -> bytes:
         request.content.read()
         request.setHeader(b"content-type", b"application/json")
-        return self.ANSWER
+        return self.ANSWERS.get(request.path, self.ANSWER)
 
 
 def serve() -> None:

@@ -38,7 +38,7 @@ class AnswerTooLong(Exception):
 
 
 @implementer(IBodyProducer)
-class _Body:
+class BytesBody:
     """A request body already in memory (twisted.web's FileBodyProducer would schedule a
     cooperative task for it)."""
 
@@ -90,6 +90,14 @@ class _Collect(protocol.Protocol):
             self.done.errback(reason)
 
 
+async def post_json(agent: IAgent, url: bytes, body: bytes) -> tuple[int, bytes]:
+    """POST a JSON body; the status code and the answer (at most L{MAX_ANSWER} bytes)."""
+    response = await agent.request(b"POST", url, _JSON, BytesBody(body))
+    collect = _Collect()
+    response.deliverBody(collect)
+    return response.code, await collect.done
+
+
 def shared_agent(reactor: Any, connections: int) -> IAgent:
     """An agent whose pool keeps up to C{connections} connections open per host: for many
     clients that call the same platform at once."""
@@ -126,12 +134,6 @@ class OrderClient:
     def _common(self, timestamp: int) -> dict[str, Any]:
         return {"timestamp": timestamp, "version": VERSION, "platformRaw": self.platform}
 
-    async def _post(self, agent: IAgent, url: bytes, body: bytes) -> tuple[int, bytes]:
-        response = await agent.request(b"POST", url, _JSON, _Body(body))
-        collect = _Collect()
-        response.deliverBody(collect)
-        return response.code, await collect.done
-
     async def call(self, endpoint: str, message: dict[str, Any]) -> dict[str, Any]:
         from twisted.internet import reactor
 
@@ -139,7 +141,7 @@ class OrderClient:
             self.agent = Agent(reactor)
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
         url = f"{self.base_url}/{endpoint}".encode("ascii")
-        posted = defer.Deferred.fromCoroutine(self._post(self.agent, url, body))
+        posted = defer.Deferred.fromCoroutine(post_json(self.agent, url, body))
         try:
             code, raw = await posted.addTimeout(self.timeout, self.clock or reactor)
         except defer.TimeoutError:
