@@ -267,7 +267,7 @@ def drop_schema(schema: str) -> None:
 # -- plot --------------------------------------------------------------------------------------
 
 
-def plot(runs: list[Run], path: Path) -> None:
+def plot(runs: list[Run], ceilings: dict[int, tuple[float, float]], path: Path) -> None:
     try:
         import matplotlib  # type: ignore[import-not-found,unused-ignore]
 
@@ -286,12 +286,17 @@ def plot(runs: list[Run], path: Path) -> None:
             xs = [r.concurrency for r in mine]
             left.plot(xs, [r.rate for r in mine], style, label=f"{flow}, {ledger}")
             right.plot(xs, [r.p99_ms for r in mine], style, label=f"{flow}, {ledger}")
+    xs = sorted(ceilings)
+    for i, name in ((0, "ceiling, DD only"), (1, "ceiling, whole recharge")):
+        left.plot(xs, [ceilings[x][i] for x in xs], ":", color="grey" if i else "black",
+                  label=name)
     for ax, title in ((left, "sessions/s"), (right, "p99 per session, ms")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent terminals")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    left.set_yscale("log")
     fig.suptitle("lnt-recharge on 2 cores, daemon and generator on one machine")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,6 +310,7 @@ def plot(runs: list[Run], path: Path) -> None:
 async def bench(reactor: Any, args: argparse.Namespace) -> None:
     print(codec())
     runs: list[Run] = []
+    ceilings: dict[int, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="lnt-bench-") as name:
         tmp = Path(name)
         server = subprocess.Popen([sys.executable, "-m", "bench.ceiling", "serve"],
@@ -312,7 +318,6 @@ async def bench(reactor: Any, args: argparse.Namespace) -> None:
         try:
             assert server.stdout is not None
             dd_port, web_port = (int(p) for p in server.stdout.readline().split())
-            ceilings: dict[int, tuple[float, float]] = {}
             for concurrency in args.concurrency:
                 dd, p50 = await ceiling.measure(reactor, dd_port, args.sessions, concurrency)
                 print(f"ceiling (bare Twisted), {concurrency} at once: DD only (six round "
@@ -347,7 +352,7 @@ async def bench(reactor: Any, args: argparse.Namespace) -> None:
                 daemon.stop()
                 drop_schema(schema)
     if args.plot:
-        plot(runs, Path(args.plot))
+        plot(runs, ceilings, Path(args.plot))
 
 
 def main() -> None:
