@@ -78,6 +78,7 @@ class LimitedRequest(Request):
                 try:
                     _parseContentType(value)
                 except ValueError:
+                    log.info("http: refused a Content-Type that cannot be parsed")
                     self._close_with(400, "Bad Request", "the Content-Type cannot be parsed")
                     return
         super().requestReceived(command, path, version)
