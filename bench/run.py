@@ -358,8 +358,8 @@ async def bench(reactor: Any, args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=1000, help="sessions per run [1000]")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16, 64],
-                   help="concurrent terminals, one run each [1 8 16 64]")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 12, 16, 64],
+                   help="concurrent terminals, one run each [1 8 12 16 64]")
     p.add_argument("--calls", type=int, default=5000, help="HTTP calls per endpoint [5000]")
     p.add_argument("--idle", type=int, default=10_000,
                    help="idle terminal connections to hold open (0: skip) [10000]")
