@@ -82,6 +82,9 @@ def test_lnt_terminal_never_guesses_a_daemon_and_checks_its_arguments(tmp_path: 
                    "127.0.0.1:8080", "account")
     assert out.returncode == 2 and "--http is a URL" in one_line(out)
     out = terminal("--data-dir", str(d.data_dir), "--flows", "127.0.0.1:9", "--http",
+                   "http://exämple.test:8080", "account")
+    assert out.returncode == 2 and "xn--" in one_line(out)
+    out = terminal("--data-dir", str(d.data_dir), "--flows", "127.0.0.1:9", "--http",
                    "http://127.0.0.1:9", "resume", "--order", "abc")
     assert out.returncode == 2 and "20-digit order number" in one_line(out)
 

@@ -356,8 +356,9 @@ def load_terminal(args: argparse.Namespace) -> Terminal:
     address = recorded.get("http") or {}
     if not http and "port" in address:
         http = f"http://{address.get('host', '127.0.0.1')}:{address['port']}"
-    if http and not http.startswith(("http://", "https://")):
-        raise UsageError("--http is a URL: http://HOST:PORT")
+    if http and (not http.startswith(("http://", "https://")) or not http.isascii()):
+        raise UsageError("--http is a URL: http://HOST:PORT (ASCII; an IDN host in its "
+                         "xn-- form)")
     http = http.rstrip("/")  # empty: refused when a command needs the HTTP API
     platform = args.platform or int(demo.get("platform", {}).get("platform_no", 7))
     transit = getattr(args, "card", None)
