@@ -57,3 +57,11 @@ def test_bench_says_what_it_needs(tmp_path: Path) -> None:
     out = terminal("--data-dir", str(tmp_path), "bench", "--sessions", "0", "--concurrency",
                    "1", "--provision", str(tmp_path))
     assert out.returncode == 2
+    # a daemon's directory with a listening.json, and an --http that is no ASCII URL
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "listening.json").write_text(
+        '{"flows": {"host": "127.0.0.1", "port": 9}, "http": {"port": 9}}')
+    for bad in ("127.0.0.1:9", "http://exämple.test:9"):
+        out = terminal("--data-dir", str(tmp_path), "--http", bad, "bench", "--sessions", "1",
+                       "--concurrency", "1", "--provision", str(tmp_path / "d"))
+        assert out.returncode == 2 and "--http is a URL" in out.stderr, out.stderr

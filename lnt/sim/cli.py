@@ -439,6 +439,11 @@ def bench(args: argparse.Namespace) -> int:
     port = int(listening["flows"]["port"])
     http = args.http or f"http://{listening['http'].get('host', '127.0.0.1')}:" \
         f"{listening['http']['port']}"
+    if not http.startswith(("http://", "https://")) or not http.isascii():
+        print("lnt-terminal: --http is a URL: http://HOST:PORT (ASCII; an IDN host in its "
+              "xn-- form)", file=sys.stderr)
+        return EXIT_USAGE
+    http = http.rstrip("/")
     provisioned = loadgen.provision(args.provision, args.data_dir / "loadgen",
                                     args.concurrency, args.ledger)
     terminals = loadgen.terminals_for(provisioned, host, port, http, args.timeout,
