@@ -104,19 +104,20 @@ async def measure(reactor: Any, port: int, sessions: int, concurrency: int,
     whole recharge's shape when C{web_port} is given."""
     left = iter(range(sessions))
     latencies: list[float] = []
-    agent = shared_agent(reactor, concurrency)
+    agent = None if web_port is None else shared_agent(reactor, concurrency)
     web_url = f"http://127.0.0.1:{web_port}/".encode()
 
     async def worker() -> None:
         for _ in left:
-            latencies.append(await (session(reactor, port) if web_port is None else
+            latencies.append(await (session(reactor, port) if agent is None else
                                     whole_session(reactor, port, web_url, agent)))
 
     start = time.perf_counter()
     await defer.gatherResults([defer.Deferred.fromCoroutine(worker())
                                for _ in range(concurrency)])
     wall = time.perf_counter() - start
-    await agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+    if agent is not None:  # no connection left open for the next measurement
+        await agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
     return len(latencies) / wall, statistics.median(latencies) * 1000
 
 

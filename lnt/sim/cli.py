@@ -85,6 +85,15 @@ class UsageError(Exception):
     pass
 
 
+def base_url(http: str) -> str:
+    """The order API's base URL from --http (or the daemon's record), without a final slash;
+    L{UsageError} unless it is an ASCII http(s) URL (the client sends it as bytes)."""
+    if not http.startswith(("http://", "https://")) or not http.isascii():
+        raise UsageError("--http is a URL: http://HOST:PORT (ASCII; an IDN host in its "
+                         "xn-- form)")
+    return http.rstrip("/")
+
+
 class RecordMismatch(Exception):
     """The platform's DD22 record names another order or card: not a load of this card."""
 
@@ -356,10 +365,7 @@ def load_terminal(args: argparse.Namespace) -> Terminal:
     address = recorded.get("http") or {}
     if not http and "port" in address:
         http = f"http://{address.get('host', '127.0.0.1')}:{address['port']}"
-    if http and (not http.startswith(("http://", "https://")) or not http.isascii()):
-        raise UsageError("--http is a URL: http://HOST:PORT (ASCII; an IDN host in its "
-                         "xn-- form)")
-    http = http.rstrip("/")  # empty: refused when a command needs the HTTP API
+    http = base_url(http) if http else ""  # empty: refused when a command needs the HTTP API
     platform = args.platform or int(demo.get("platform", {}).get("platform_no", 7))
     transit = getattr(args, "card", None)
     if transit is None and demo.get("cards"):
@@ -439,11 +445,11 @@ def bench(args: argparse.Namespace) -> int:
     port = int(listening["flows"]["port"])
     http = args.http or f"http://{listening['http'].get('host', '127.0.0.1')}:" \
         f"{listening['http']['port']}"
-    if not http.startswith(("http://", "https://")) or not http.isascii():
-        print("lnt-terminal: --http is a URL: http://HOST:PORT (ASCII; an IDN host in its "
-              "xn-- form)", file=sys.stderr)
+    try:
+        http = base_url(http)
+    except UsageError as e:
+        print(f"lnt-terminal: {e}", file=sys.stderr)
         return EXIT_USAGE
-    http = http.rstrip("/")
     provisioned = loadgen.provision(args.provision, args.data_dir / "loadgen",
                                     args.concurrency, args.ledger)
     terminals = loadgen.terminals_for(provisioned, host, port, http, args.timeout,
