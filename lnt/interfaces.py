@@ -20,6 +20,8 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorTime
 
@@ -35,8 +37,10 @@ if TYPE_CHECKING:
         Merchant,
         Notification,
         Order,
+        OrderClaim,
         OrderState,
         Payment,
+        PaymentClaim,
         PKICard,
         Platform,
         ReconRow,
@@ -311,6 +315,34 @@ class ILedger(Interface):
         Errbacks with L{lnt.domain.records.NotFound} (no such payment) or
         L{lnt.domain.records.Conflict} (amount differs from the payment, or the order is for
         another card).
+        """
+
+    def register_admitted_payment(
+        platform_no: int, now_ms: int, user_id: bytes | None,
+        admit: Callable[[ApiContext], PaymentClaim],
+    ) -> Deferred[tuple[ApiContext, Payment, bool]]:
+        """
+        APPLLogin's ledger work in one transaction: read the L{ApiContext} of C{user_id}'s
+        terminal (as L{api_context}), call C{admit} with it, and register the payment it
+        returns (as L{register_payment}); (context, payment, created). When C{admit} raises,
+        nothing is written and the Deferred errbacks with what it raised.
+
+        C{admit} runs inside the transaction, off the reactor thread, and perhaps more than once
+        (a transaction that lost a race is run again): it must be a pure check of the context,
+        no I/O and no reactor calls. Reading and writing in one transaction spares a round trip
+        to the ledger, and what was checked cannot change before the write.
+        """
+
+    def create_admitted_order(
+        platform_no: int, now_ms: int, serial: str | None,
+        admit: Callable[[ApiContext], OrderClaim],
+    ) -> Deferred[tuple[ApiContext, Order, bool]]:
+        """
+        CreateAutoLoadOrder's ledger work in one transaction: read the L{ApiContext} of the
+        handshake C{serial} (as L{api_context}), call C{admit} with it, and create the order
+        it returns (as L{create_order}, with the same errbacks); (context, order, created).
+        C{admit} is called as in L{register_admitted_payment} (pure; off the reactor thread,
+        where a signature check does not hold the reactor up).
         """
 
     def order(order_no: str) -> Deferred[Order | None]:

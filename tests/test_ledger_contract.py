@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -23,6 +24,7 @@ from lnt.crypto.ec import key_from_scalar
 from lnt.domain.loads import Verdict
 from lnt.domain.records import (
     AlreadyExists,
+    ApiContext,
     AtRisk,
     CardIdentity,
     CardKind,
@@ -34,7 +36,9 @@ from lnt.domain.records import (
     Load,
     LoadState,
     NotFound,
+    OrderClaim,
     OrderState,
+    PaymentClaim,
     PKICard,
     Platform,
 )
@@ -261,6 +265,62 @@ async def test_api_context_reads_what_the_single_calls_read(
     await pki.revoke(1001)
     await agree(2000)  # a revoked card has no session, and is no terminal of its user
     assert (await ledger.api_context(7, 2000, user_id=USER)).card is None
+
+
+class Refused(Exception):
+    """What a test's admit raises."""
+
+
+@pytest_twisted.ensureDeferred
+async def test_admitted_payment_and_order(stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    """register_admitted_payment and create_admitted_order: admit is given what api_context
+    reads; what it returns is written as register_payment and create_order write it (their
+    refusals included); when it raises, nothing is written and its exception comes out."""
+    ledger, pki = stores
+    await pki.register(card())
+    await ledger.add_platform(Platform(7, "bikes"))
+    await issue_cards(ledger)
+    session = await ledger.open_session(1001, USER, "0000000000000001", b"K" * 16, 1, 1000,
+                                        10**9)
+    seen: list[ApiContext] = []
+
+    def refuse(ctx: ApiContext) -> Any:
+        seen.append(ctx)
+        raise Refused("no")
+
+    def pay(ctx: ApiContext) -> PaymentClaim:
+        assert ctx.card is not None
+        return PaymentClaim("B1", 500, "u", ctx.card.pki_no, "fp")
+
+    def order_of(ident: CardIdentity, amount: int) -> Callable[[ApiContext], OrderClaim]:
+        def admit(ctx: ApiContext) -> OrderClaim:
+            assert ctx.session is not None
+            return OrderClaim("B1", ctx.session.pki_no, ident, amount)
+        return admit
+
+    with pytest.raises(Refused):
+        await ledger.register_admitted_payment(7, 2000, USER, refuse)
+    assert seen[-1] == await ledger.api_context(7, 2000, user_id=USER)
+    assert await ledger.money_at_risk(2000) == []  # no payment was registered
+    ctx, payment, created = await ledger.register_admitted_payment(7, 2000, USER, pay)
+    assert created and (payment.money, payment.pki_no) == (500, 1001)
+    assert ctx == await ledger.api_context(7, 2000, user_id=USER) and ctx.session == session
+    _, again, created = await ledger.register_admitted_payment(7, 3000, USER, pay)
+    assert not created and again == payment
+    with pytest.raises(Refused):
+        await ledger.create_admitted_order(7, 2000, "0000000000000001", refuse)
+    assert seen[-1] == await ledger.api_context(7, 2000, serial="0000000000000001")
+    with pytest.raises(Conflict):  # the ledger's own refusal: the amount differs from the paid
+        await ledger.create_admitted_order(7, 2000, "0000000000000001", order_of(CARD, 400))
+    assert await ledger.orders_for_card(CARD.logical_no, None, None, None, None) == []
+    ctx, order, created = await ledger.create_admitted_order(7, 2000, "0000000000000001",
+                                                             order_of(CARD, 500))
+    assert created and ctx.session == session and (order.amount, order.pki_no) == (500, 1001)
+    assert await ledger.orders_for_card(CARD.logical_no, None, None, None, None) == [order]
+    _, same, created = await ledger.create_admitted_order(7, 2000, "0000000000000001",
+                                                          order_of(CARD, 500))
+    assert not created and same == order
+    assert await ledger.check() == []
 
 
 @pytest_twisted.ensureDeferred

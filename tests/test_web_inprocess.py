@@ -45,8 +45,11 @@ class HangingLedger:
     def __init__(self, ledger: Any, hang: set[str]) -> None:
         self._ledger = ledger
         self._hang = hang
+        #: the store's methods called, in order (each is one transaction)
+        self.called: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
+        self.called.append(name)
         if name in self._hang:
             return lambda *a, **kw: Deferred()
         return getattr(self._ledger, name)
@@ -67,7 +70,8 @@ class Site:
         self.card = CPUCard.issue("5100000000000001", bytes(16), bytes(16), 1000)
         result_of(ledger.register_card(IssuedCard("5100000000000001", self.card_kind(),
                                                   self.card.physical.hex()), 0))
-        api_ledger: Any = HangingLedger(ledger, hang or set())
+        self.api_ledger = HangingLedger(ledger, hang or set())
+        api_ledger: Any = self.api_ledger
         root = Root()
         orderapi.install(root, OrderAPI(api_ledger, self.clock, TIMEOUT, 300))
         self.store = SQLConsignments(self.b.db, self.b.keys.sealer())
@@ -151,6 +155,8 @@ def test_order_api_login_and_order() -> None:
     assert (login["status"], login["serial"]) == (1, SERIAL)
     order = site.opened(site.create("B1", 500))
     assert order["status"] == 1 and len(order["order"]) == 20
+    # each call is one ledger transaction: its checks and its write together
+    assert site.api_ledger.called == ["register_admitted_payment", "create_admitted_order"]
     assert result_of(site.b.ledger.check()) == []
 
 
@@ -164,7 +170,7 @@ def test_order_api_refusal_keeps_the_payment_visible() -> None:
 
 
 def test_order_api_answers_busy_when_the_ledger_hangs() -> None:
-    site = Site(hang={"api_context"})
+    site = Site(hang={"register_admitted_payment"})
     d = site.login("B3", 500)
     site.http.flush()
     site.clock.advance(TIMEOUT + 0.1)  # the ledger never answers: only the timeout can

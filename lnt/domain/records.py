@@ -110,6 +110,30 @@ class ApiContext:
     session: Session | None
 
 
+@dataclass(frozen=True)
+class PaymentClaim:
+    """A payment an order-API call asks the ledger to register, once its checks of the call's
+    L{ApiContext} passed (L{lnt.interfaces.ILedger.register_admitted_payment})."""
+
+    biz_serial_no: str
+    money: int
+    user_id: str
+    pki_no: int
+    #: a digest of the request's fields: a repeat must carry the same
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class OrderClaim:
+    """An order an order-API call asks the ledger to create for a payment, once its checks of
+    the call's L{ApiContext} passed (L{lnt.interfaces.ILedger.create_admitted_order})."""
+
+    biz_serial_no: str
+    pki_no: int
+    card: CardIdentity
+    amount: int
+
+
 class NotFound(Exception):
     """What the request refers to does not exist."""
 

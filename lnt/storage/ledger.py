@@ -8,7 +8,7 @@ they are written, so a copy of the database alone does not give them away.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,8 +34,10 @@ from lnt.domain.records import (
     LoadState,
     NotFound,
     Order,
+    OrderClaim,
     OrderState,
     Payment,
+    PaymentClaim,
     Platform,
     ReconRow,
     Session,
@@ -197,28 +199,26 @@ class SQLLedger:
     def platform(self, platform_no: int) -> Deferred[Platform | None]:
         return self.db.runInteraction("platform", _platform, platform_no)
 
+    def _api_context(self, cur: Cursor, platform_no: int, now_ms: int, user_id: bytes | None,
+                     serial: str | None) -> ApiContext:
+        card = session_row = None
+        if user_id is not None:
+            card = active_card_of_user(cur, user_id)
+            if card is not None:
+                session_row = _session_row(cur, "pki_no", card.pki_no)
+        elif serial is not None:
+            session_row = _session_row(cur, "serial", serial)
+            if session_row is not None:
+                card = card_numbered(cur, int(session_row[0]))
+        session = self._session(session_row, now_ms)
+        if serial is not None and session is None:
+            card = None  # the card of a serial is the card of its live session
+        return ApiContext(_platform(cur, platform_no), card, session)
+
     def api_context(self, platform_no: int, now_ms: int, *, user_id: bytes | None = None,
                     serial: str | None = None) -> Deferred[ApiContext]:
-        def txn(cur: Cursor) -> tuple[Any, ...]:
-            card = session_row = None
-            if user_id is not None:
-                card = active_card_of_user(cur, user_id)
-                if card is not None:
-                    session_row = _session_row(cur, "pki_no", card.pki_no)
-            elif serial is not None:
-                session_row = _session_row(cur, "serial", serial)
-                if session_row is not None:
-                    card = card_numbered(cur, int(session_row[0]))
-            return _platform(cur, platform_no), card, session_row
-
-        def opened(found: tuple[Any, ...]) -> ApiContext:
-            platform, card, session_row = found
-            session = self._session(session_row, now_ms)
-            if serial is not None and session is None:
-                card = None  # the card of a serial is the card of its live session
-            return ApiContext(platform, card, session)
-
-        return self.db.runInteraction("api context", txn).addCallback(opened)
+        return self.db.runInteraction("api context", self._api_context, platform_no, now_ms,
+                                      user_id, serial)
 
     def add_platform(self, platform: Platform) -> Deferred[bool]:
         def txn(cur: Cursor) -> bool:
@@ -251,58 +251,38 @@ class SQLLedger:
         self, platform_no: int, biz_serial_no: str, money: int, user_id: str, pki_no: int,
         fingerprint: str, now_ms: int,
     ) -> Deferred[tuple[Payment, bool]]:
-        def txn(cur: Cursor) -> tuple[Payment, bool]:
-            row = cur.execute(
-                f"SELECT {_PAYMENT} FROM payments WHERE platform_no = ? AND biz_serial_no = ?",
-                (platform_no, biz_serial_no),
-            ).fetchone()
-            if row is not None:
-                if by_name(_PAYMENT, row)["fingerprint"] != fingerprint:
-                    raise Conflict(f"biz_serial_no {biz_serial_no} was registered with other "
-                                   "fields")
-                return _payment(row), False
-            payment = Payment(platform_no, biz_serial_no, money, user_id, pki_no, now_ms)
-            insert_payment(cur, payment, account_platform(platform_no), fingerprint)
-            return payment, True
+        claim = PaymentClaim(biz_serial_no, money, user_id, pki_no, fingerprint)
+        return self.db.runInteraction("register_payment", _register_payment, platform_no, claim,
+                                      now_ms)
 
-        return self.db.runInteraction("register_payment", txn)
+    def register_admitted_payment(
+        self, platform_no: int, now_ms: int, user_id: bytes | None,
+        admit: Callable[[ApiContext], PaymentClaim],
+    ) -> Deferred[tuple[ApiContext, Payment, bool]]:
+        def txn(cur: Cursor) -> tuple[ApiContext, Payment, bool]:
+            ctx = self._api_context(cur, platform_no, now_ms, user_id, None)
+            payment, created = _register_payment(cur, platform_no, admit(ctx), now_ms)
+            return ctx, payment, created
+
+        return self.db.runInteraction("admitted payment", txn)
 
     def create_order(
         self, platform_no: int, biz_serial_no: str, pki_no: int, card: CardIdentity,
         amount: int, now_ms: int,
     ) -> Deferred[tuple[Order, bool]]:
-        def txn(cur: Cursor) -> tuple[Order, bool]:
-            payment = cur.execute(
-                "SELECT money, pki_no FROM payments WHERE platform_no = ? AND biz_serial_no = ?",
-                (platform_no, biz_serial_no),
-            ).fetchone()
-            # Money paid for one terminal's user is bound to a card by that terminal only; to
-            # any other, someone else's payment is indistinguishable from none.
-            if payment is None or int(payment[1]) != pki_no:
-                raise NotFound(f"no payment for biz_serial_no {biz_serial_no} of platform "
-                               f"{platform_no} by this terminal: call APPLLogin (type 5) first")
-            if int(payment[0]) != amount:
-                raise Conflict(f"chargeamt {amount} differs from the {payment[0]} fen paid "
-                               f"under biz_serial_no {biz_serial_no}")
-            row = cur.execute(f"SELECT {_ORDER} FROM orders WHERE platform_no = ? AND"
-                              " biz_serial_no = ?", (platform_no, biz_serial_no)).fetchone()
-            if row is not None:
-                order = _order(row)
-                if (order.logical_no, order.amount) != (card.logical_no, amount):
-                    raise Conflict(f"biz_serial_no {biz_serial_no} already has an order for "
-                                   "another card")
-                return order, False
-            if payment_refunded(cur, platform_no, biz_serial_no):
-                raise Conflict(f"the payment under biz_serial_no {biz_serial_no} was refunded")
-            refusal = card_refusal(issued_card(cur, card.logical_no), card.kind,
-                                   card.physical_no, card.balance, amount)
-            if refusal is not None:
-                raise CardRefused(refusal)
-            order = insert_order(cur, platform_no, biz_serial_no, pki_no, card.kind,
-                                 card.logical_no, card.physical_no, amount, now_ms)
-            return order, True
+        claim = OrderClaim(biz_serial_no, pki_no, card, amount)
+        return self.db.runInteraction("create_order", _create_order, platform_no, claim, now_ms)
 
-        return self.db.runInteraction("create_order", txn)
+    def create_admitted_order(
+        self, platform_no: int, now_ms: int, serial: str | None,
+        admit: Callable[[ApiContext], OrderClaim],
+    ) -> Deferred[tuple[ApiContext, Order, bool]]:
+        def txn(cur: Cursor) -> tuple[ApiContext, Order, bool]:
+            ctx = self._api_context(cur, platform_no, now_ms, None, serial)
+            order, created = _create_order(cur, platform_no, admit(ctx), now_ms)
+            return ctx, order, created
+
+        return self.db.runInteraction("admitted order", txn)
 
     def order(self, order_no: str) -> Deferred[Order | None]:
         def txn(cur: Cursor) -> Order | None:
@@ -694,6 +674,58 @@ class SQLLedger:
 
 
 _SESSION_COLUMNS = "pki_no, user_id, serial, session_key, created_ms, expires_ms"
+
+
+def _register_payment(cur: Cursor, platform_no: int, claim: PaymentClaim, now_ms: int
+                      ) -> tuple[Payment, bool]:
+    row = cur.execute(
+        f"SELECT {_PAYMENT} FROM payments WHERE platform_no = ? AND biz_serial_no = ?",
+        (platform_no, claim.biz_serial_no),
+    ).fetchone()
+    if row is not None:
+        if by_name(_PAYMENT, row)["fingerprint"] != claim.fingerprint:
+            raise Conflict(f"biz_serial_no {claim.biz_serial_no} was registered with other "
+                           "fields")
+        return _payment(row), False
+    payment = Payment(platform_no, claim.biz_serial_no, claim.money, claim.user_id,
+                      claim.pki_no, now_ms)
+    insert_payment(cur, payment, account_platform(platform_no), claim.fingerprint)
+    return payment, True
+
+
+def _create_order(cur: Cursor, platform_no: int, claim: OrderClaim, now_ms: int
+                  ) -> tuple[Order, bool]:
+    biz_serial_no, pki_no, card, amount = (claim.biz_serial_no, claim.pki_no, claim.card,
+                                           claim.amount)
+    payment = cur.execute(
+        "SELECT money, pki_no FROM payments WHERE platform_no = ? AND biz_serial_no = ?",
+        (platform_no, biz_serial_no),
+    ).fetchone()
+    # Money paid for one terminal's user is bound to a card by that terminal only; to any
+    # other, someone else's payment is indistinguishable from none.
+    if payment is None or int(payment[1]) != pki_no:
+        raise NotFound(f"no payment for biz_serial_no {biz_serial_no} of platform "
+                       f"{platform_no} by this terminal: call APPLLogin (type 5) first")
+    if int(payment[0]) != amount:
+        raise Conflict(f"chargeamt {amount} differs from the {payment[0]} fen paid "
+                       f"under biz_serial_no {biz_serial_no}")
+    row = cur.execute(f"SELECT {_ORDER} FROM orders WHERE platform_no = ? AND"
+                      " biz_serial_no = ?", (platform_no, biz_serial_no)).fetchone()
+    if row is not None:
+        order = _order(row)
+        if (order.logical_no, order.amount) != (card.logical_no, amount):
+            raise Conflict(f"biz_serial_no {biz_serial_no} already has an order for "
+                           "another card")
+        return order, False
+    if payment_refunded(cur, platform_no, biz_serial_no):
+        raise Conflict(f"the payment under biz_serial_no {biz_serial_no} was refunded")
+    refusal = card_refusal(issued_card(cur, card.logical_no), card.kind,
+                           card.physical_no, card.balance, amount)
+    if refusal is not None:
+        raise CardRefused(refusal)
+    order = insert_order(cur, platform_no, biz_serial_no, pki_no, card.kind,
+                         card.logical_no, card.physical_no, amount, now_ms)
+    return order, True
 
 
 def _session_row(cur: Cursor, column: str, value: object) -> tuple[Any, ...] | None:

@@ -52,7 +52,10 @@ from lnt.domain.records import (
     Conflict,
     NotFound,
     Order,
+    OrderClaim,
     OrderState,
+    Payment,
+    PaymentClaim,
     Platform,
     Session,
 )
@@ -70,6 +73,15 @@ MAX_MONEY = CPU_BALANCE_LIMIT
 
 class APIError(Exception):
     """Answered as C{status: 0} with this message."""
+
+
+class _PaymentRefusal(Exception):
+    """CreateAutoLoadOrder's card cannot be read from its C{reqinfo}: refused after the
+    terminal's checks passed, so noted on the payment as the ledger's refusals are."""
+
+
+#: refusals of an order whose terminal passed its checks: noted on the payment
+_REFUSALS = (_PaymentRefusal, CardRefused, Conflict, NotFound)
 
 
 class Where(Enum):
@@ -347,9 +359,13 @@ class OrderAPI:
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
 
-    async def _backend(self, d: Deferred[Any]) -> Any:
+    async def _backend(self, d: Deferred[Any], keep: tuple[type[Exception], ...] = ()) -> Any:
+        """C{d}'s result, bounded in time; the ledger's refusals and failures become
+        L{APIError}s, except those in C{keep}, raised as they are."""
         try:
             return await bounded(d, self.timeout, self.clock, "ledger")
+        except keep:
+            raise
         except Conflict as e:
             raise APIError(str(e)) from None
         except NotFound as e:
@@ -385,20 +401,10 @@ class OrderAPI:
         data = clear.get("data", "")
         return Call(timestamp, fields, data if isinstance(data, str) else "")
 
-    async def check_platform(self, platform_no: int) -> None:
-        self._platform_ok(await self._backend(self.ledger.platform(platform_no)), platform_no)
-
     @staticmethod
     def _platform_ok(platform: Platform | None, platform_no: int) -> None:
         if platform is None or not platform.active:
             raise APIError(f"unknown platform {platform_no}")
-
-    async def live_session(self, serial: str, pki: str | None,
-                           userinfo: str | dict[str, Any]) -> Session:
-        self._serial_ok(serial)
-        session: Session | None = await self._backend(
-            self.ledger.session_by_serial(serial, self.now_ms()))
-        return self._session_ok(session, serial, pki, userinfo)
 
     @staticmethod
     def _serial_ok(serial: str) -> None:
@@ -437,44 +443,53 @@ class OrderAPI:
             bad_userinfo: APIError | None = None
         except APIError as e:
             userid, bad_userinfo = None, e
-        # the platform, the terminal's card and its session in one read (the checks keep
-        # their order: an unknown platform is said first)
-        ctx: ApiContext = await self._backend(self.ledger.api_context(
-            req.platform, self.now_ms(), user_id=None if userid is None else userid.encode()))
-        self._platform_ok(ctx.platform, req.platform)
-        if req.type != 5:
-            raise APIError(f"type {req.type} is not supported: 5 (create a third-party "
-                           "recharge order)")
-        biz = req.biz_serial_no
-        if not BIZ_SERIAL.match(biz):
-            raise APIError("biz_serial_no must be 1-64 letters, digits, '_' or '-'")
-        money = req.money
-        if not 0 < money <= MAX_MONEY:
-            raise APIError(f"money must be 1..{MAX_MONEY} fen")
-        if bad_userinfo is not None or userid is None:
-            raise bad_userinfo or APIError("userinfo has no userid")
-        card, session = ctx.card, ctx.session
-        if card is None:
-            raise APIError(f"no terminal is registered for userid {userid}")
-        if session is None:
-            raise APIError(f"terminal {userid} is not signed in: sign in (DD01) first")
-        fingerprint = hashlib.sha256(json.dumps([userid, money, req.type]).encode()).hexdigest()
-        payment, created = await self._backend(self.ledger.register_payment(
-            req.platform, biz, money, userid, card.pki_no, fingerprint, self.now_ms()))
+        fingerprint = hashlib.sha256(json.dumps([userid, req.money, req.type]).encode()
+                                     ).hexdigest()
+
+        def admit(ctx: ApiContext) -> PaymentClaim:
+            # the checks keep their order (an unknown platform is said first); they run in the
+            # ledger's transaction, which registers the payment when they pass
+            self._platform_ok(ctx.platform, req.platform)
+            if req.type != 5:
+                raise APIError(f"type {req.type} is not supported: 5 (create a third-party "
+                               "recharge order)")
+            if not BIZ_SERIAL.match(req.biz_serial_no):
+                raise APIError("biz_serial_no must be 1-64 letters, digits, '_' or '-'")
+            if not 0 < req.money <= MAX_MONEY:
+                raise APIError(f"money must be 1..{MAX_MONEY} fen")
+            if bad_userinfo is not None or userid is None:
+                raise bad_userinfo or APIError("userinfo has no userid")
+            if ctx.card is None:
+                raise APIError(f"no terminal is registered for userid {userid}")
+            if ctx.session is None:
+                raise APIError(f"terminal {userid} is not signed in: sign in (DD01) first")
+            return PaymentClaim(req.biz_serial_no, req.money, userid, ctx.card.pki_no,
+                                fingerprint)
+
+        ctx: ApiContext
+        payment: Payment
+        ctx, payment, created = await self._backend(self.ledger.register_admitted_payment(
+            req.platform, self.now_ms(), None if userid is None else userid.encode(), admit))
+        assert ctx.card is not None and ctx.session is not None  # admitted
         log.info("order API: payment {platform}/{biz} of {money} fen {what}",
-                 platform=req.platform, biz=biz, money=payment.money,
+                 platform=req.platform, biz=req.biz_serial_no, money=payment.money,
                  what="registered" if created else "repeated")
         return {}, {
-            "pki": f"{card.pki_no:08d}",
-            "serial": session.serial,
-            "key": key_check_value(session.session_key),
+            "pki": f"{ctx.card.pki_no:08d}",
+            "serial": ctx.session.serial,
+            "key": key_check_value(ctx.session.session_key),
             "toreader": [step.encode() for step in cardscript.IDENTIFY],
         }
 
     async def acct_query(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
         req = typed(AcctQueryRequest, call)
-        await self.check_platform(req.platform)
-        session = await self.live_session(req.serial, req.pki, req.userinfo)
+        # the platform and the serial's session in one read
+        ctx: ApiContext = await self._backend(self.ledger.api_context(
+            req.platform, self.now_ms(),
+            serial=req.serial if SERIAL.fullmatch(req.serial) is not None else None))
+        self._platform_ok(ctx.platform, req.platform)
+        self._serial_ok(req.serial)
+        session = self._session_ok(ctx.session, req.serial, req.pki, req.userinfo)
         card = self.card_of(req.step, req.reqinfo)
         conditions = {c.strip() for c in req.qrycondition.split(",") if c.strip()}
         unknown = conditions - QUERY_CONDITIONS
@@ -512,56 +527,76 @@ class OrderAPI:
 
     async def create_order(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
         req = typed(CreateOrderRequest, call)
-        # the platform, the serial's session and its PKI card in one read
         serial_ok = SERIAL.fullmatch(req.serial) is not None
-        ctx: ApiContext = await self._backend(self.ledger.api_context(
-            req.platform, self.now_ms(), serial=req.serial if serial_ok else None))
-        self._platform_ok(ctx.platform, req.platform)
-        self._serial_ok(req.serial)
-        session = self._session_ok(ctx.session, req.serial, req.pki, req.userinfo)
-        card_key = ctx.card
-        if card_key is None or not card_key.active:
-            raise APIError(f"PKI card {session.pki_no} is not active")
-        if req.crt_version != card_key.key_version:
-            raise APIError(f"crt_version {req.crt_version} is not the key version of PKI "
-                           f"card {session.pki_no}")
         try:
-            signature = bytes.fromhex(req.sign)
-        except ValueError:
-            raise APIError("Sign is not hex") from None
+            card: CardIdentity | APIError = self.card_of(req.step, req.reqinfo)
+        except APIError as e:
+            card = e  # said only after the checks before it, as the payment's refusal
         signed = (f"{call.timestamp}{req.version}{req.platform_raw}"
-                  f"{req.crt_version}{call.data}")
-        if not verify(card_key.public_key, signed.encode(), signature):
-            raise APIError("Sign does not verify with the terminal's public key")
-        if req.chargetype != 0:
-            raise APIError(f"chargetype {req.chargetype} is not supported: 0 (merchant load)")
-        if req.transtype != 1:
-            raise APIError(f"transtype {req.transtype} is not supported: 1 (recharge)")
-        amount = req.chargeamt
-        if not 0 < amount <= MAX_MONEY:
-            raise APIError(f"chargeamt must be 1..{MAX_MONEY} fen")
-        biz = req.biz_serial_no
-        if not BIZ_SERIAL.match(biz):
-            raise APIError("biz_serial_no must be 1-64 letters, digits, '_' or '-'")
+                  f"{req.crt_version}{call.data}").encode()
+
+        #: the PKI card whose checks passed (a refusal after them is noted on the payment)
+        admitted_pki: int | None = None
+
+        def admit(ctx: ApiContext) -> OrderClaim:
+            nonlocal admitted_pki
+            # the platform, the serial's session and its PKI card are read in the order's
+            # transaction, which creates the order when these checks pass; the signature is
+            # verified there too, off the reactor thread (OpenSSL releases the GIL)
+            self._platform_ok(ctx.platform, req.platform)
+            self._serial_ok(req.serial)
+            session = self._session_ok(ctx.session, req.serial, req.pki, req.userinfo)
+            card_key = ctx.card
+            if card_key is None or not card_key.active:
+                raise APIError(f"PKI card {session.pki_no} is not active")
+            if req.crt_version != card_key.key_version:
+                raise APIError(f"crt_version {req.crt_version} is not the key version of PKI "
+                               f"card {session.pki_no}")
+            try:
+                signature = bytes.fromhex(req.sign)
+            except ValueError:
+                raise APIError("Sign is not hex") from None
+            if not verify(card_key.public_key, signed, signature):
+                raise APIError("Sign does not verify with the terminal's public key")
+            if req.chargetype != 0:
+                raise APIError(f"chargetype {req.chargetype} is not supported: 0 (merchant "
+                               "load)")
+            if req.transtype != 1:
+                raise APIError(f"transtype {req.transtype} is not supported: 1 (recharge)")
+            if not 0 < req.chargeamt <= MAX_MONEY:
+                raise APIError(f"chargeamt must be 1..{MAX_MONEY} fen")
+            if not BIZ_SERIAL.match(req.biz_serial_no):
+                raise APIError("biz_serial_no must be 1-64 letters, digits, '_' or '-'")
+            admitted_pki = session.pki_no
+            if isinstance(card, APIError):
+                raise _PaymentRefusal(str(card))
+            # every check of the card (issued, open, the same card, its limit) is made by the
+            # ledger next, in this transaction, before the order exists
+            return OrderClaim(req.biz_serial_no, session.pki_no, card, req.chargeamt)
+
+        ctx: ApiContext
+        order: Order
         try:
-            card = self.card_of(req.step, req.reqinfo)
-            # every check of the card (issued, open, the same card, its limit) is made here,
-            # in the order's transaction, before the order exists
-            order, created = await self._backend(self.ledger.create_order(
-                req.platform, biz, session.pki_no, card, amount, self.now_ms()))
-        except (APIError, CardRefused) as e:
-            # the payment stays visibly attached to the refusal, never silently parked
-            if await self._backend(self.ledger.note_payment_refusal(
-                    req.platform, biz, session.pki_no, str(e), self.now_ms())):
+            ctx, order, created = await self._backend(
+                self.ledger.create_admitted_order(req.platform, self.now_ms(),
+                                                  req.serial if serial_ok else None, admit),
+                keep=_REFUSALS)
+        except _REFUSALS as e:
+            # refused after the terminal's checks passed: the payment stays visibly attached
+            # to the refusal, never silently parked
+            if admitted_pki is not None and await self._backend(self.ledger.note_payment_refusal(
+                    req.platform, req.biz_serial_no, admitted_pki, str(e), self.now_ms())):
                 log.info("order API: payment {platform}/{biz} has no order: {why}",
-                         platform=req.platform, biz=biz, why=str(e))
-                raise APIError(f"{e}; the payment under biz_serial_no {biz} stays unused "
-                               "until an order is made for it or it is refunded") from None
+                         platform=req.platform, biz=req.biz_serial_no, why=str(e))
+                raise APIError(f"{e}; the payment under biz_serial_no {req.biz_serial_no} "
+                               "stays unused until an order is made for it or it is "
+                               "refunded") from None
             raise APIError(str(e)) from None
+        assert ctx.session is not None  # admitted
         log.info("order API: order {order} for card {card}, {amount} fen {what}",
-                 order=order.order_no, card=mask_card(card.logical_no), amount=amount,
+                 order=order.order_no, card=mask_card(order.logical_no), amount=order.amount,
                  what="created" if created else "repeated")
-        return {}, {"pki": f"{session.pki_no:08d}", "order": order.order_no}
+        return {}, {"pki": f"{ctx.session.pki_no:08d}", "order": order.order_no}
 
 
 class Endpoint(Resource):
