@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         Platform,
         ReconRow,
         Redemption,
+        SecureStart,
         Session,
     )
 
@@ -364,15 +365,14 @@ class ILedger(Interface):
         Errbacks with L{lnt.domain.records.NotFound} when the session was replaced meanwhile.
         """
 
-    def secure_session(pki_no: int, now_ms: int, count: int
-                       ) -> Deferred[tuple[Session, int] | None]:
+    def secure_session(pki_no: int, now_ms: int, count: int, order_no: str | None
+                       ) -> Deferred[SecureStart | None]:
         """
-        L{session} and L{reserve_sm_seq} in one transaction: the card's live session and the
-        first of C{count} sequence numbers reserved for it, or C{None} (no live session).
+        A card flow's first ledger transaction: the card's live session and the first of
+        C{count} secure-messaging sequence numbers reserved for it (as L{session} and
+        L{reserve_sm_seq}); with C{order_no}, also the order of that number and the load in
+        doubt on its card, if any. C{None} when the card has no live session.
         """
-
-    def order_and_pending(order_no: str) -> Deferred[tuple[Order | None, Load | None]]:
-        """The order (if any) and the load in doubt on its card (if any), read together."""
 
     def begin_load(load: Load) -> Deferred[Load]:
         """

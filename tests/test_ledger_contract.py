@@ -324,6 +324,31 @@ async def test_admitted_payment_and_order(stores: tuple[SQLLedger, LedgerPKI]) -
 
 
 @pytest_twisted.ensureDeferred
+async def test_secure_session_reserves_seqs_and_reads_the_order(
+        stores: tuple[SQLLedger, LedgerPKI]) -> None:
+    """secure_session: the live session and fresh sequence numbers each time; with an order
+    number, the order and the load in doubt on its card, read in the same transaction."""
+    ledger, pki = stores
+    assert await ledger.secure_session(1001, 2000, 8, None) is None  # no card, no session
+    order_no = await _ordered(ledger, pki)
+    session = await ledger.open_session(1001, USER, "0000000000000001", b"K" * 16, 1, 1000,
+                                        10**9)
+    first = await ledger.secure_session(1001, 2000, 8, None)
+    assert first is not None and first.session == session == await ledger.session(1001, 2000)
+    assert (first.order, first.earlier) == (None, None)
+    second = await ledger.secure_session(1001, 2000, 8, order_no)
+    assert second is not None and second.first_seq == first.first_seq + 8
+    assert second.order == await ledger.order(order_no) and second.earlier is None
+    unknown = await ledger.secure_session(1001, 2000, 8, "20261124000000009999")
+    assert unknown is not None and (unknown.order, unknown.earlier) == (None, None)
+    await ledger.begin_load(_pending(order_no))
+    third = await ledger.secure_session(1001, 2000, 8, order_no)
+    assert third is not None and third.earlier == await ledger.load(order_no)
+    assert third.order is not None and third.order.state is OrderState.PENDING
+    assert await ledger.secure_session(1001, 2 * 10**9, 8, order_no) is None  # expired
+
+
+@pytest_twisted.ensureDeferred
 async def test_session_key_is_sealed_at_rest(stores: tuple[SQLLedger, LedgerPKI],
                                              dsn: DSN) -> None:
     ledger, pki = stores

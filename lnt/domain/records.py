@@ -111,6 +111,18 @@ class ApiContext:
 
 
 @dataclass(frozen=True)
+class SecureStart:
+    """What a card flow's first frame needs of the ledger, read together: the terminal's live
+    session, the first of the secure-messaging sequence numbers reserved for the flow, and
+    (for a recharge's DD11) the order it names and the load in doubt on that order's card."""
+
+    session: Session
+    first_seq: int
+    order: Order | None
+    earlier: Load | None
+
+
+@dataclass(frozen=True)
 class PaymentClaim:
     """A payment an order-API call asks the ledger to register, once its checks of the call's
     L{ApiContext} passed (L{lnt.interfaces.ILedger.register_admitted_payment})."""

@@ -103,19 +103,31 @@ class RechargeFlow(SecureFlow):
                           order=self._open_load, reason=reason)
         super().flowEnded(reason)
 
-    async def run(self, dd11: Request) -> None:
-        ctx = self.context
-        session = await self.require_secure_session(dd11)
+    def _dd11(self, dd11: Request) -> tuple[int, str]:
+        """DD11's amount and order number."""
         info = self.expect_info(dd11, SIZE[0xDD11], "order")
         if info[0] != APPLICATION_MERCHANT_LOAD:
             raise FlowError(InfoCode.APPLICATION_TYPE_UNKNOWN, f"application type {info[0]:02X}")
         (amount,) = struct.unpack(">I", info[1:5])
         try:
-            order_no = decode_bcd(info[5:15])
+            return amount, decode_bcd(info[5:15])
         except ValueError:
             raise FlowError(InfoCode.ORDER_NOT_FOUND, "order number is not BCD") from None
-        # the order, and the load in doubt on its card if any (checked again when a load begins)
-        order, earlier = await self.backend(ctx.ledger.order_and_pending(order_no), "order")
+
+    async def run(self, dd11: Request) -> None:
+        ctx = self.context
+        try:
+            amount, order_no = self._dd11(dd11)
+            malformed = None
+        except FlowError as e:
+            amount, order_no, malformed = 0, "", e
+        # the session, the order, and the load in doubt on its card if any (checked again
+        # when a load begins), in one ledger transaction; a DD11 that cannot be read is
+        # answered after the session's check, as ever
+        start = await self.require_secure_session(dd11, None if malformed else order_no)
+        if malformed is not None:
+            raise malformed
+        session, order, earlier = start.session, start.order, start.earlier
         if order is None:
             raise FlowError(InfoCode.ORDER_NOT_FOUND, f"no order {order_no}")
         if order.amount != amount:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from lnt.crypto.securemsg import SMError, SMKeys
-from lnt.domain.records import NotFound, Session
+from lnt.domain.records import NotFound, SecureStart, Session
 from lnt.flows.base import FlowError, FlowProtocol
 from lnt.messages.statuswords import SW_OK
 from lnt.wire import InfoCode, Request, encode_bcd
@@ -29,22 +29,23 @@ class SecureFlow(FlowProtocol):
     sm: SMKeys
     _seqs: Iterator[int]
 
-    async def require_secure_session(self, request: Request) -> Session:
+    async def require_secure_session(self, request: Request, order_no: str | None = None
+                                     ) -> SecureStart:
         """
         L{require_session} and L{_start_sm} in one ledger transaction (one trip to the writer
-        instead of two): the live session, with secure messaging under its keys ready.
+        instead of two), with the order C{order_no} and the load in doubt on its card read in
+        it too: the live session, with secure messaging under its keys ready.
         """
-        found = await self.backend(
+        found: SecureStart | None = await self.backend(
             self.context.ledger.secure_session(request.pki, self.context.now_ms(),
-                                               SEQS_PER_FLOW), "session")
-        if found is None or found[0].user_id != request.user_id:
+                                               SEQS_PER_FLOW, order_no), "session")
+        if found is None or found.session.user_id != request.user_id:
             raise FlowError(InfoCode.NOT_SIGNED_IN,
                             f"no live session for PKI {request.pki} and this user ID")
-        session, first = found
-        self.pki = session.pki_no
-        self.sm = SMKeys.from_session(session.session_key)
-        self._seqs = iter(range(first, first + SEQS_PER_FLOW))
-        return session
+        self.pki = found.session.pki_no
+        self.sm = SMKeys.from_session(found.session.session_key)
+        self._seqs = iter(range(found.first_seq, found.first_seq + SEQS_PER_FLOW))
+        return found
 
     async def _start_sm(self, session: Session) -> None:
         self.sm = SMKeys.from_session(session.session_key)

@@ -40,6 +40,7 @@ from lnt.domain.records import (
     PaymentClaim,
     Platform,
     ReconRow,
+    SecureStart,
     Session,
 )
 from lnt.interfaces import ILedger
@@ -328,35 +329,27 @@ class SQLLedger:
 
         return self.db.runInteraction("reserve_sm_seq", txn)
 
-    def secure_session(self, pki_no: int, now_ms: int, count: int
-                       ) -> Deferred[tuple[Session, int] | None]:
-        def txn(cur: Cursor) -> tuple[tuple[Any, ...], int] | None:
+    def secure_session(self, pki_no: int, now_ms: int, count: int, order_no: str | None
+                       ) -> Deferred[SecureStart | None]:
+        def txn(cur: Cursor) -> SecureStart | None:
             row = _session_row(cur, "pki_no", pki_no)
             if row is None or by_name(_SESSION_COLUMNS, row)["expires_ms"] <= now_ms:
                 return None  # no seqs for an expired session
             seq = cur.execute("UPDATE sessions SET sm_seq = sm_seq + ? WHERE pki_no = ?"
                               " RETURNING sm_seq", (count, pki_no)).fetchone()
             assert seq is not None
-            return row, int(seq[0]) - count + 1
+            session = self._session(row, now_ms)
+            assert session is not None  # live: checked above
+            order = earlier = None
+            if order_no is not None:
+                found = cur.execute(f"SELECT {_ORDER} FROM orders WHERE order_no = ?",
+                                    (order_no,)).fetchone()
+                if found is not None:
+                    order = _order(found)
+                    earlier = _pending_load(cur, order.logical_no)
+            return SecureStart(session, int(seq[0]) - count + 1, order, earlier)
 
-        def opened(found: tuple[tuple[Any, ...], int] | None) -> tuple[Session, int] | None:
-            if found is None:
-                return None
-            session = self._session(found[0], now_ms)
-            return None if session is None else (session, found[1])
-
-        return self.db.runInteraction("secure_session", txn).addCallback(opened)
-
-    def order_and_pending(self, order_no: str) -> Deferred[tuple[Order | None, Load | None]]:
-        def txn(cur: Cursor) -> tuple[Order | None, Load | None]:
-            row = cur.execute(f"SELECT {_ORDER} FROM orders WHERE order_no = ?",
-                              (order_no,)).fetchone()
-            if row is None:
-                return None, None
-            order = _order(row)
-            return order, _pending_load(cur, order.logical_no)
-
-        return self.db.runInteraction("order_and_pending", txn)
+        return self.db.runInteraction("secure_session", txn)
 
     def pending_load(self, logical_no: str) -> Deferred[Load | None]:
         def txn(cur: Cursor) -> Load | None:
