@@ -62,13 +62,12 @@ class SMKeys:
         """AES-128-CTR: the nonce and a counter block starting at zero make the 16-byte initial
         counter block, incremented as one 128-bit big-endian number (as OpenSSL's CTR does;
         tests/test_securemsg_ctr.py holds the two equal)."""
-        if not data:
+        n = len(data)
+        if not n:
             return b""
         first = int.from_bytes(direction + seq.to_bytes(4, "big") + bytes(11), "big")
-        counters = b"".join((first + i).to_bytes(16, "big")
-                            for i in range((len(data) + 15) // 16))
-        stream = self._blocks.update(counters)[:len(data)]
-        n = len(data)
+        counters = b"".join((first + i).to_bytes(16, "big") for i in range((n + 15) // 16))
+        stream = self._blocks.update(counters)[:n]
         return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
 
     def _mac(self, *parts: bytes) -> bytes:

@@ -286,12 +286,7 @@ class SQLLedger:
         return self.db.runInteraction("admitted order", txn)
 
     def order(self, order_no: str) -> Deferred[Order | None]:
-        def txn(cur: Cursor) -> Order | None:
-            row = cur.execute(f"SELECT {_ORDER} FROM orders WHERE order_no = ?",
-                              (order_no,)).fetchone()
-            return None if row is None else _order(row)
-
-        return self.db.runInteraction("order", txn)
+        return self.db.runInteraction("order", _order_numbered, order_no)
 
     def orders_for_card(
         self, logical_no: str, since_ms: int | None, until_ms: int | None,
@@ -340,13 +335,8 @@ class SQLLedger:
             assert seq is not None
             session = self._session(row, now_ms)
             assert session is not None  # live: checked above
-            order = earlier = None
-            if order_no is not None:
-                found = cur.execute(f"SELECT {_ORDER} FROM orders WHERE order_no = ?",
-                                    (order_no,)).fetchone()
-                if found is not None:
-                    order = _order(found)
-                    earlier = _pending_load(cur, order.logical_no)
+            order = None if order_no is None else _order_numbered(cur, order_no)
+            earlier = None if order is None else _pending_load(cur, order.logical_no)
             return SecureStart(session, int(seq[0]) - count + 1, order, earlier)
 
         return self.db.runInteraction("secure_session", txn)
@@ -719,6 +709,11 @@ def _create_order(cur: Cursor, platform_no: int, claim: OrderClaim, now_ms: int
     order = insert_order(cur, platform_no, biz_serial_no, pki_no, card.kind,
                          card.logical_no, card.physical_no, amount, now_ms)
     return order, True
+
+
+def _order_numbered(cur: Cursor, order_no: str) -> Order | None:
+    row = cur.execute(f"SELECT {_ORDER} FROM orders WHERE order_no = ?", (order_no,)).fetchone()
+    return None if row is None else _order(row)
 
 
 def _session_row(cur: Cursor, column: str, value: object) -> tuple[Any, ...] | None:

@@ -407,8 +407,14 @@ class OrderAPI:
             raise APIError(f"unknown platform {platform_no}")
 
     @staticmethod
-    def _serial_ok(serial: str) -> None:
-        if not SERIAL.fullmatch(serial):
+    def _well_formed(serial: str) -> str | None:
+        """C{serial} when it has a handshake serial's form, else None (the ledger is asked for
+        well-formed serials only; L{_serial_ok} says what is wrong, in its turn)."""
+        return serial if SERIAL.fullmatch(serial) else None
+
+    @staticmethod
+    def _serial_ok(well_formed: str | None) -> None:
+        if well_formed is None:
             raise APIError("serial must be the 16-digit handshake serial of a sign-in")
 
     @staticmethod
@@ -484,11 +490,11 @@ class OrderAPI:
     async def acct_query(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
         req = typed(AcctQueryRequest, call)
         # the platform and the serial's session in one read
+        serial = self._well_formed(req.serial)
         ctx: ApiContext = await self._backend(self.ledger.api_context(
-            req.platform, self.now_ms(),
-            serial=req.serial if SERIAL.fullmatch(req.serial) is not None else None))
+            req.platform, self.now_ms(), serial=serial))
         self._platform_ok(ctx.platform, req.platform)
-        self._serial_ok(req.serial)
+        self._serial_ok(serial)
         session = self._session_ok(ctx.session, req.serial, req.pki, req.userinfo)
         card = self.card_of(req.step, req.reqinfo)
         conditions = {c.strip() for c in req.qrycondition.split(",") if c.strip()}
@@ -527,7 +533,7 @@ class OrderAPI:
 
     async def create_order(self, call: Call) -> tuple[dict[str, Any], dict[str, Any]]:
         req = typed(CreateOrderRequest, call)
-        serial_ok = SERIAL.fullmatch(req.serial) is not None
+        serial = self._well_formed(req.serial)
         try:
             card: CardIdentity | APIError = self.card_of(req.step, req.reqinfo)
         except APIError as e:
@@ -544,7 +550,7 @@ class OrderAPI:
             # transaction, which creates the order when these checks pass; the signature is
             # verified there too, off the reactor thread (OpenSSL releases the GIL)
             self._platform_ok(ctx.platform, req.platform)
-            self._serial_ok(req.serial)
+            self._serial_ok(serial)
             session = self._session_ok(ctx.session, req.serial, req.pki, req.userinfo)
             card_key = ctx.card
             if card_key is None or not card_key.active:
@@ -578,8 +584,7 @@ class OrderAPI:
         order: Order
         try:
             ctx, order, created = await self._backend(
-                self.ledger.create_admitted_order(req.platform, self.now_ms(),
-                                                  req.serial if serial_ok else None, admit),
+                self.ledger.create_admitted_order(req.platform, self.now_ms(), serial, admit),
                 keep=_REFUSALS)
         except _REFUSALS as e:
             # refused after the terminal's checks passed: the payment stays visibly attached
