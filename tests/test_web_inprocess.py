@@ -178,6 +178,22 @@ def test_order_api_answers_busy_when_the_ledger_hangs() -> None:
     assert answer["status"] == 0 and "system busy" in answer["errmsg"]
 
 
+def test_order_api_busy_ledger_is_no_refusal_of_the_payment() -> None:
+    """An order the ledger did not answer for in time is "system busy" (repeat it), not a
+    refusal: the payment stays awaiting its order, with no refusal noted on it."""
+    site = Site(hang={"create_admitted_order"})
+    assert site.opened(site.login("B4", 500))["status"] == 1
+    d = site.create("B4", 500)
+    site.http.flush()
+    site.clock.advance(TIMEOUT + 0.1)
+    answer = site.opened(d)
+    assert answer["status"] == 0 and "system busy" in answer["errmsg"]
+    assert "note_payment_refusal" not in site.api_ledger.called
+    [risk] = result_of(site.b.ledger.money_at_risk(site.now_ms()))
+    assert (risk.what, risk.reference, risk.note) == ("payment without order", "7:B4",
+                                                       "no order made yet")
+
+
 def test_order_api_http_errors() -> None:
     site = Site()
     code, body = site.answer(site.http.get("http://platform/APPLLogin"))
