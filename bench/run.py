@@ -19,9 +19,14 @@ Benchmarks (`make bench`): figures for the README and docs, never assertions in 
     its own that is dropped afterwards), when it is reachable;
  7. a plot of throughput and p99 against concurrency (with the `bench` extra's matplotlib).
 
+It first measures how long this machine's disk takes to sync a small write (what a commit
+waits for), since that changes from day to day; --fsync-delay-us N makes every sync of the
+daemons under test N microseconds slower (bench/slowsync.c, preloaded), to compare runs on the
+same disk (the one issue 11 was measured on synced in about 2,700 us).
+
 Every loop is bounded in count; the daemons run in a temporary directory on ports the OS
 chooses, and are stopped at the end. Usage: python -m bench.run [--sessions N]
-[--concurrency C ...] [--idle N] [--plot PNG] [--no-pin]
+[--concurrency C ...] [--idle N] [--plot PNG] [--no-pin] [--fsync-delay-us N] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import argparse
 import json
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,6 +155,51 @@ def pin_server(pid: int) -> None:
         os.sched_setaffinity(int(tid), LAYOUT[0])
 
 
+# -- the disk ----------------------------------------------------------------------------------
+
+
+def disk_sync(directory: Path, writes: int = 200) -> str:
+    """How long a sync of a 4 KiB append takes in C{directory} (p50, p99): what each commit of
+    the daemon's SQLite ledger (synchronous=FULL) waits for at least."""
+    path = directory / "sync-probe"
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(writes):
+            os.write(fd, bytes(4096))
+            start = time.perf_counter()
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return (f"disk: fdatasync of a 4 KiB append {statistics.median(times):.2f} ms (p50), "
+            f"{times[len(times) * 99 // 100]:.2f} ms (p99), in {directory}")
+
+
+#: the environment of every daemon under test (the slower disk's preload, when asked for)
+DAEMON_ENV: dict[str, str] = {}
+
+
+def slow_disk(tmp: Path, delay_us: int) -> None:
+    """Build bench/slowsync.c and preload it into the daemons under test: every fsync and
+    fdatasync of theirs takes C{delay_us} longer (after the real call, which still syncs)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SystemExit("--fsync-delay-us needs a C compiler (cc or gcc) to build "
+                         "bench/slowsync.c")
+    library = tmp / "slowsync.so"
+    build = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library),
+                            str(Path(__file__).with_name("slowsync.c")), "-ldl"],
+                           capture_output=True, text=True, timeout=120)
+    if build.returncode != 0:
+        raise SystemExit(f"building bench/slowsync.c failed:\n{build.stderr}")
+    DAEMON_ENV.update(LD_PRELOAD=str(library), LNT_BENCH_FSYNC_DELAY_US=str(delay_us))
+    print(f"disk: every fsync/fdatasync of the daemons under test {delay_us} us slower "
+          "(bench/slowsync.c; PostgreSQL's own syncs, in its server, are not slowed)")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -233,7 +285,8 @@ async def idle(reactor: Any, tmp: Path, args: argparse.Namespace) -> None:
     # of 200 would otherwise wait for SYN retransmits
     daemon = Daemon(tmp / "idle", ["--max-connections", str(args.idle + 1000),
                                    "--idle-timeout", "900", "--flows",
-                                   "tcp:0:interface=127.0.0.1:backlog=1024"]).start()
+                                   "tcp:0:interface=127.0.0.1:backlog=1024"],
+                    env=DAEMON_ENV).start()
     pin_server(daemon.proc.pid)  # type: ignore[union-attr]
     conns: list[protocol.Protocol] = []
     try:
@@ -348,6 +401,9 @@ async def bench(reactor: Any, args: argparse.Namespace) -> None:
     ceilings: dict[int, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="lnt-bench-") as name:
         tmp = Path(name)
+        print(disk_sync(tmp))
+        if args.fsync_delay_us:
+            slow_disk(tmp, args.fsync_delay_us)
         server = subprocess.Popen([sys.executable, "-m", "bench.ceiling", "serve"],
                                   stdout=subprocess.PIPE, text=True)
         pin_server(server.pid)
@@ -363,7 +419,7 @@ async def bench(reactor: Any, args: argparse.Namespace) -> None:
                 print(f"ceiling (bare Twisted), {concurrency} at once: the whole recharge (two "
                       f"HTTP calls, six DD round trips) {whole:.1f} sessions/s, p50 {p50:.1f} ms")
                 ceilings[concurrency] = (dd, whole)
-            daemon = Daemon(tmp / "daemon").start()
+            daemon = Daemon(tmp / "daemon", env=DAEMON_ENV).start()
             pin_server(daemon.proc.pid)  # type: ignore[union-attr]
             try:
                 flows(daemon, tmp / "generator", "sqlite", args, runs, ceilings)
@@ -379,10 +435,10 @@ async def bench(reactor: Any, args: argparse.Namespace) -> None:
             server.wait(10)
         if args.idle:
             await idle(reactor, tmp, args)
-        pg = postgres_schema()
+        pg = postgres_schema() if args.postgres else None
         if pg is not None:
             dsn, schema = pg
-            daemon = Daemon(tmp / "pg", ["--ledger", dsn]).start()
+            daemon = Daemon(tmp / "pg", ["--ledger", dsn], env=DAEMON_ENV).start()
             pin_server(daemon.proc.pid)  # type: ignore[union-attr]
             try:
                 flows(daemon, tmp / "pg-generator", "postgres", args, runs, ceilings, dsn)
@@ -406,7 +462,15 @@ def main() -> None:
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="let the daemon and the generator share every CPU (default: the "
                         "servers under test on one CPU, their clients on the others)")
+    p.add_argument("--fsync-delay-us", type=int, default=0, metavar="N",
+                   help="make every fsync/fdatasync of the daemons under test N microseconds "
+                        "slower, to compare runs on the same disk (2700: the disk issue 11 "
+                        "was measured on) [0]")
+    p.add_argument("--no-postgres", dest="postgres", action="store_false",
+                   help="skip the PostgreSQL runs")
     args = p.parse_args()
+    if not 0 <= args.fsync_delay_us <= 1_000_000:
+        p.error("--fsync-delay-us: from 0 to 1000000")
     task.react(lambda reactor: defer.Deferred.fromCoroutine(bench(reactor, args)))
 
 
