@@ -56,6 +56,24 @@ def test_open_message_round_trip() -> None:
     envelope.open_message(json.dumps(escaped, separators=(",", ":")).encode())
 
 
+@given(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=20))
+def test_clear_text_field_mac_in_either_escaping(note: str) -> None:
+    """A clear field with any text: the mac is accepted over the text as sent, whether the
+    client sent non-ASCII as it is or escaped (each body carries the mac of its own form), and
+    a mac of neither form is refused."""
+    clear = {"timestamp": TS, "version": "v2", "note": note}
+    for ascii_only in (False, True):
+        message = {**clear, "mac": envelope.mac(clear, ascii_only=ascii_only)}
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=ascii_only).encode()
+        pairs, _ = envelope.open_message(body)
+        assert dict(pairs)["note"] == note
+    wrong = envelope.mac({**clear, "note": note + "x"})
+    body = json.dumps({**clear, "mac": wrong}, separators=(",", ":"),
+                      ensure_ascii=False).encode()
+    with pytest.raises(EnvelopeError, match="mac does not match"):
+        envelope.open_message(body)
+
+
 @pytest.mark.parametrize(("body", "message"), [
     (b"not json", "body is not a JSON object"),
     (b"[1, 2]", "body is not a JSON object"),

@@ -132,7 +132,11 @@ def open_message(body: bytes) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
     given = fields.get("mac")
     if not isinstance(given, str):
         raise EnvelopeError("mac is missing")
-    if given.upper() not in (mac(pairs), mac(pairs, ascii_only=True)):
+    # the mac over the text as sent with non-ASCII characters as they are, or (some clients)
+    # escaped; the second form is computed only when the first does not match (each is the
+    # whole message serialised again, and this runs for every order-API call)
+    given = given.upper()
+    if given != mac(pairs) and given != mac(pairs, ascii_only=True):
         raise EnvelopeError("mac does not match the message")
     timestamp = fields.get("timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, int):
