@@ -56,7 +56,7 @@ def test_open_message_round_trip() -> None:
     envelope.open_message(json.dumps(escaped, separators=(",", ":")).encode())
 
 
-@given(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=20))
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=20))
 def test_clear_text_field_mac_in_either_escaping(note: str) -> None:
     """A clear field with any text: the mac is accepted over the text as sent, whether the
     client sent non-ASCII as it is or escaped (each body carries the mac of its own form), and
